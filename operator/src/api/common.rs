@@ -1,0 +1,124 @@
+//! Types shared by several kinds: environment, health checks, resources, references.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every berth kind.
+pub const GROUP: &str = "berth.dev";
+/// The API version of every berth kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "berth.dev/v1alpha1";
+
+/// A key of a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret (same namespace as the object that refers to it).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A whole Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret (same namespace as the object that refers to it).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One environment variable: a literal `value` or a `secretKeyRef`, exactly one of them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.secretKeyRef)").message("exactly one of value or secretKeyRef must be set"))]
+pub struct EnvVar {
+    /// Variable name, as a process sees it (letters, digits, `_`, `-`, `.`; not starting with a digit).
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z_.-][A-Za-z0-9_.-]*$"))]
+    pub name: String,
+    /// Literal value. Never put credentials here: use `secretKeyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Take the value from a key of a Secret in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// An HTTP health check; readiness, liveness and startup probes on Kubernetes, a container
+/// health check and the rollout gate on a Docker host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// HTTP path that answers 2xx or 3xx when the process is healthy.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+    /// Port to probe; defaults to the component's own port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Seconds between checks.
+    #[serde(default = "default_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: i32,
+    /// Seconds after which one check counts as failed.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: i32,
+    /// Consecutive failures after which the process is unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// Seconds a starting process is given before failures count.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub start_period_seconds: i32,
+}
+
+fn default_interval() -> i32 {
+    10
+}
+fn default_timeout() -> i32 {
+    5
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+
+impl HealthCheck {
+    /// A health check on `path` with the documented defaults.
+    pub fn on_path(path: &str) -> Self {
+        HealthCheck {
+            path: path.to_string(),
+            port: None,
+            interval_seconds: default_interval(),
+            timeout_seconds: default_timeout(),
+            failure_threshold: default_failure_threshold(),
+            start_period_seconds: 0,
+        }
+    }
+}
+
+/// CPU and memory for one container. Both are Kubernetes quantities; each is used as request and
+/// limit for memory, and as request (no limit, to avoid throttling) for CPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU, e.g. `500m` or `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `512Mi` or `2Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// An externally managed server whose URL is kept in a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalUrl {
+    /// The Secret key that holds the connection URL (`postgres://…`, `redis://…`, `rediss://…`).
+    pub url_secret_ref: SecretKeyRef,
+}

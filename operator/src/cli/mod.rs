@@ -1,0 +1,40 @@
+//! Command-line interface: one file per subcommand; each returns the process exit code.
+
+mod crds;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// berth runs small-team application stacks (API, workers, PostgreSQL, Redis, proxy with TLS,
+/// backups) from one declarative manifest, on Kubernetes and on a single Docker host alike.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions of all berth kinds as multi-document YAML.
+    Crds(crds::CrdsArgs),
+}
+
+/// Exit codes shared by all subcommands.
+pub mod exit {
+    /// Everything went well.
+    pub const OK: u8 = 0;
+    /// The input was understood and found wanting (invalid manifests, a failed check).
+    pub const INVALID: u8 = 1;
+    /// Usage or I/O error: the command could not do its job.
+    pub const USAGE: u8 = 2;
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Crds(args) => crds::run(args),
+    };
+    ExitCode::from(code)
+}

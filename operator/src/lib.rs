@@ -1,0 +1,8 @@
+//! berth: one declarative manifest for a small team's application stack, reconciled on
+//! Kubernetes (kube-rs controllers) and on a single Docker host (bollard).
+//!
+//! Data flows one way: `api` (the CRD types and their validation) → `plan` (pure decisions) →
+//! a backend (`k8s`, `docker`) → status. Engines shared by both backends live beside them.
+
+pub mod api;
+pub mod cli;
