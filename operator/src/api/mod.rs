@@ -5,6 +5,8 @@ pub mod appstack;
 pub mod backup;
 pub mod certificate;
 pub mod common;
+pub mod schedule;
+pub mod units;
 pub mod worker;
 
 pub use appstack::{AppStack, AppStackSpec, AppStackStatus};
