@@ -24,8 +24,16 @@ use super::worker::{QueueSpec, Scaling};
     category = "berth",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.tls) || has(self.domain)").message("tls needs spec.domain: set the domain the certificate is for, or remove tls"))]
@@ -155,7 +163,10 @@ pub struct RateLimit {
 #[serde(rename_all = "camelCase")]
 pub struct StackWorker {
     /// Name inside the stack (a DNS label).
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Container image.
     #[schemars(length(min = 1, max = 512))]
@@ -251,7 +262,10 @@ pub struct RedisSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Name inside the stack (a DNS label); other components reach it at this host name.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Container image.
     #[schemars(length(min = 1, max = 512))]

@@ -38,7 +38,10 @@ pub struct SecretRef {
 #[x_kube(validation = Rule::new("has(self.value) != has(self.secretKeyRef)").message("exactly one of value or secretKeyRef must be set"))]
 pub struct EnvVar {
     /// Variable name, as a process sees it (letters, digits, `_`, `-`, `.`; not starting with a digit).
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z_.-][A-Za-z0-9_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z_.-][A-Za-z0-9_.-]*$")
+    )]
     pub name: String,
     /// Literal value. Never put credentials here: use `secretKeyRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

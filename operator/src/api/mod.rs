@@ -6,7 +6,9 @@ pub mod backup;
 pub mod certificate;
 pub mod common;
 pub mod schedule;
+pub mod schema_check;
 pub mod units;
+pub mod validate;
 pub mod worker;
 
 pub use appstack::{AppStack, AppStackSpec, AppStackStatus};
@@ -20,5 +22,10 @@ use kube::CustomResourceExt;
 
 /// The CRDs of all four kinds, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AppStack::crd(), Worker::crd(), Certificate::crd(), Backup::crd()]
+    vec![
+        AppStack::crd(),
+        Worker::crd(),
+        Certificate::crd(),
+        Backup::crd(),
+    ]
 }

@@ -12,7 +12,14 @@ pub struct Schedule {
     tz: Tz,
 }
 
-const MACROS: [&str; 6] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"];
+const MACROS: [&str; 6] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
+];
 
 /// Checks that `expr` has the 5 cron fields Kubernetes accepts (or one of the `@daily` style
 /// macros) and parses it.
@@ -94,7 +101,10 @@ mod tests {
             Some(Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).unwrap())
         );
         assert!(s.is_due(after, Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).unwrap()));
-        assert!(!s.is_due(after, Utc.with_ymd_and_hms(2026, 11, 23, 0, 59, 59).unwrap()));
+        assert!(!s.is_due(
+            after,
+            Utc.with_ymd_and_hms(2026, 11, 23, 0, 59, 59).unwrap()
+        ));
     }
 
     #[test]

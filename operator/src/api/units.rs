@@ -44,7 +44,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way manifests write it (largest exact unit).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms != 0 && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -142,7 +147,11 @@ mod tests {
             ("2160h", 7_776_000_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
         for bad in ["", "5", "5 minutes", "10x", "m5", "1.5h", "-5s", "s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
@@ -162,11 +171,22 @@ mod tests {
         assert_eq!(parse_quantity("500m").unwrap().milli(), 500);
         assert_eq!(parse_quantity("2").unwrap().milli(), 2000);
         assert_eq!(parse_quantity("1.5").unwrap().milli(), 1500);
-        assert_eq!(parse_quantity("512Mi").unwrap().whole_units(), 512 * 1024 * 1024);
-        assert_eq!(parse_quantity("10Gi").unwrap().whole_units(), 10 * 1024 * 1024 * 1024);
+        assert_eq!(
+            parse_quantity("512Mi").unwrap().whole_units(),
+            512 * 1024 * 1024
+        );
+        assert_eq!(
+            parse_quantity("10Gi").unwrap().whole_units(),
+            10 * 1024 * 1024 * 1024
+        );
         assert_eq!(parse_quantity("1G").unwrap().whole_units(), 1_000_000_000);
-        assert_eq!(parse_quantity("1.5Gi").unwrap().whole_units(), 1536 * 1024 * 1024);
-        for bad in ["10GB", "lots", "fast", "", "-1Gi", "1..5", ".5", "5.", "1 Gi"] {
+        assert_eq!(
+            parse_quantity("1.5Gi").unwrap().whole_units(),
+            1536 * 1024 * 1024
+        );
+        for bad in [
+            "10GB", "lots", "fast", "", "-1Gi", "1..5", ".5", "5.", "1 Gi",
+        ] {
             assert!(parse_quantity(bad).is_err(), "{bad:?} should be rejected");
         }
     }

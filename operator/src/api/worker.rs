@@ -26,9 +26,21 @@ use super::common::{EnvVar, ExternalUrl, Resources};
     printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue.name"),
     printcolumn(name = "Depth", type_ = "integer", json_path = ".status.queueDepth"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.appStackRef) || has(self.queue.redis)").message("a worker needs a Redis: set appStackRef or queue.redis"))]
@@ -197,9 +209,7 @@ pub enum OnQueueUnavailable {
 #[serde(untagged)]
 enum RawOnQueueUnavailable {
     Word(String),
-    Replicas {
-        replicas: i32,
-    },
+    Replicas { replicas: i32 },
 }
 
 impl TryFrom<RawOnQueueUnavailable> for OnQueueUnavailable {

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
 mod crds;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions of all berth kinds as multi-document YAML.
     Crds(crds::CrdsArgs),
+    /// Check manifests offline against the schema and berth's semantic rules.
+    Validate(validate::ValidateArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -35,6 +38,7 @@ pub mod exit {
 pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Crds(args) => crds::run(args),
+        Command::Validate(args) => validate::run(args),
     };
     ExitCode::from(code)
 }
