@@ -22,6 +22,7 @@ fmt:
 ## Regenerate the checked-in CRDs and the API reference from the Rust types.
 crds: build
 	$(BERTH) crds --out-dir crds
+	$(BERTH) crds --out-dir charts/berth/crds
 
 docs: build
 	$(BERTH) crds --markdown > docs/api.md
