@@ -11,7 +11,7 @@ build:
 test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
