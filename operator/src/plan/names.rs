@@ -1,0 +1,113 @@
+//! Names berth gives to what it creates. Both backends use exactly these, so a stack keeps its
+//! names when it moves between a Docker host and a cluster.
+
+/// `<stack>-<component>`: the host name (Service name, network alias) of a component.
+pub fn component_host(stack: &str, component: &str) -> String {
+    format!("{stack}-{component}")
+}
+
+/// The generated credentials of the in-stack PostgreSQL.
+pub fn postgres_secret(stack: &str) -> String {
+    format!("{stack}-postgres-credentials")
+}
+
+/// The generated credentials of the in-stack Redis.
+pub fn redis_secret(stack: &str) -> String {
+    format!("{stack}-redis-credentials")
+}
+
+/// A child Worker of a stack.
+pub fn child_worker(stack: &str, worker: &str) -> String {
+    format!("{stack}-{worker}")
+}
+
+/// The child Certificate of the `tls.issuer` shorthand (and its secret).
+pub fn child_certificate(stack: &str) -> String {
+    format!("{stack}-tls")
+}
+
+/// The child Backup of a stack.
+pub fn child_backup(stack: &str) -> String {
+    stack.to_string()
+}
+
+/// Keys of the generated secrets.
+pub mod keys {
+    /// The full connection URL (`postgres://…`, `redis://…`), what `DATABASE_URL`/`REDIS_URL` hold.
+    pub const URL: &str = "url";
+    /// The password alone, for the server's own configuration.
+    pub const PASSWORD: &str = "password";
+    /// The PostgreSQL role.
+    pub const USERNAME: &str = "username";
+    /// The PostgreSQL database.
+    pub const DATABASE: &str = "database";
+}
+
+/// A DNS-label slug for a route path, unique among `taken`: `/` → `root`, `/api/v1` → `api-v1`.
+pub fn route_slug(path: &str, taken: &[String]) -> String {
+    let mut slug: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while slug.contains("--") {
+        slug = slug.replace("--", "-");
+    }
+    let mut slug = slug.trim_matches('-').to_string();
+    if slug.is_empty() {
+        slug = "root".into();
+    }
+    slug.truncate(20);
+    let slug = slug.trim_end_matches('-').to_string();
+    let mut candidate = slug.clone();
+    let mut n = 2;
+    while taken.contains(&candidate) {
+        candidate = format!("{slug}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        let cases = [
+            ("/", vec![], "root"),
+            ("/api/generate", vec![], "api-generate"),
+            ("/API_v1/", vec![], "api-v1"),
+            ("/a//b", vec![], "a-b"),
+            ("/a-b", vec!["a-b".to_string()], "a-b-2"),
+            (
+                "/a/b",
+                vec!["a-b".to_string(), "a-b-2".to_string()],
+                "a-b-3",
+            ),
+            (
+                "/a-very-long-path/that-goes-on",
+                vec![],
+                "a-very-long-path-tha",
+            ),
+        ];
+        for (path, taken, want) in cases {
+            assert_eq!(route_slug(path, &taken), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn child_names() {
+        assert_eq!(child_worker("vidgen", "render"), "vidgen-render");
+        assert_eq!(child_certificate("vidgen"), "vidgen-tls");
+        assert_eq!(child_backup("vidgen"), "vidgen");
+        assert_eq!(postgres_secret("v"), "v-postgres-credentials");
+        assert_eq!(component_host("v", "qdrant"), "v-qdrant");
+    }
+}
