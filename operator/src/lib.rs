@@ -6,5 +6,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod k8s;
 pub mod manifest;
 pub mod plan;

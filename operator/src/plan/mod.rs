@@ -61,4 +61,4 @@ impl PlanError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -192,6 +192,8 @@ pub struct Dependency {
     pub check: Vec<String>,
     /// The environment the check needs (the connection URL).
     pub env: Vec<Env>,
+    /// The user to run the check as (the official images' unprivileged user).
+    pub user: Option<User>,
 }
 
 /// A secret berth creates once (if absent) and never overwrites.
