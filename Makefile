@@ -1,0 +1,31 @@
+# The commands README.md names. `make test` is what CI runs (after .ci/run installed the tools).
+CARGO ?= cargo
+BERTH := target/debug/berth
+
+.PHONY: build test lint fmt crds docs check-generated clean
+
+build:
+	$(CARGO) build --all-targets
+
+## Everything CI checks: formatting, lints, then every test (unit, contract, integration).
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate the checked-in CRDs and the API reference from the Rust types.
+crds: build
+	$(BERTH) crds --out-dir crds
+	$(BERTH) crds --out-dir charts/berth/crds
+
+docs: build
+	$(BERTH) crds --markdown > docs/api.md
+
+clean:
+	$(CARGO) clean
