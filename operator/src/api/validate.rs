@@ -487,8 +487,8 @@ impl Validate for Certificate {
                         errs.push(
                             &path.field("renewBefore"),
                             format!(
-                                "must be shorter than duration ({rb} >= {}): the certificate would be renewed as soon as it is issued",
-                                super::units::format_duration(life)
+                                "must be shorter than duration ({rb} is not shorter than {}): the certificate would be renewed as soon as it is issued",
+                                spec.duration
                             ),
                         );
                     }
@@ -592,6 +592,15 @@ fn destination(errs: &mut Errors, d: &BackupDestination, path: &Path) {
             errs.push(
                 &p.field("bucket"),
                 format!("must be an S3 bucket name: 3-63 lowercase letters, digits, '-' or '.' (got {:?})", s3.bucket),
+            );
+        }
+        if s3.prefix.starts_with('/') {
+            errs.push(
+                &p.field("prefix"),
+                format!(
+                    "must not start with / (object keys are relative to the bucket; got {:?})",
+                    s3.prefix
+                ),
             );
         }
         let endpoint_ok = s3.endpoint.is_empty()
@@ -731,6 +740,13 @@ fn positive_quantity(s: &str) -> Result<(), String> {
 fn route_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("must start with / (got {p:?})"));
+    }
+    if p.contains('*') {
+        let prefix = p.trim_end_matches('*').trim_end_matches('/');
+        let prefix = if prefix.is_empty() { "/" } else { prefix };
+        return Err(format!(
+            "is a prefix, not a glob: write {prefix:?} instead of {p:?}"
+        ));
     }
     if p.chars().any(|c| {
         c.is_whitespace()
