@@ -362,6 +362,23 @@ mod tests {
     }
 
     #[test]
+    fn quantities_may_be_numbers_like_in_kubernetes() {
+        let text = STACK.replace("{image:", "{resources: {cpu: 2, memory: 512Mi}, image:");
+        assert_eq!(errors(&text), Vec::<String>::new());
+        let docs = parse_documents(FsPath::new("t.yaml"), &text);
+        let Ok(Object::AppStack(stack)) = &docs[0].result else {
+            panic!("valid")
+        };
+        let r = stack.spec.api.resources.as_ref().unwrap();
+        assert_eq!(r.cpu.as_deref(), Some("2"));
+        let bad = STACK.replace("{image:", "{resources: {cpu: true}, image:");
+        assert_eq!(
+            errors(&bad),
+            vec!["t.yaml: document 1 (AppStack/shop): spec.api.resources.cpu: must be an integer or a string (got boolean true)"]
+        );
+    }
+
+    #[test]
     fn secrets_are_accepted_for_the_host() {
         let text =
             "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {url: postgres://x}\n";

@@ -39,7 +39,7 @@ use super::common::{SecretKeyRef, SecretRef};
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// Cron schedule with 5 fields (minute hour day-of-month month day-of-week).
-    #[schemars(length(min = 9, max = 100))]
+    #[schemars(length(min = 1, max = 100))]
     pub schedule: String,
     /// IANA time zone of the schedule, e.g. `Europe/Berlin`.
     #[serde(default = "default_time_zone")]

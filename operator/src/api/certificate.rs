@@ -42,7 +42,7 @@ pub struct CertificateSpec {
     )]
     pub secret_name: String,
     /// DNS names the certificate is valid for; the first is the subject's common name.
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 100), extend("x-kubernetes-list-type" = "set"))]
     pub dns_names: Vec<String>,
     /// Who signs it.
     pub issuer: CertIssuer,

@@ -111,10 +111,20 @@ impl HealthCheck {
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     /// CPU, e.g. `500m` or `2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "int_or_string"
+    )]
+    #[schemars(schema_with = "quantity_schema")]
     pub cpu: Option<String>,
     /// Memory, e.g. `512Mi` or `2Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "int_or_string"
+    )]
+    #[schemars(schema_with = "quantity_schema")]
     pub memory: Option<String>,
 }
 
@@ -124,4 +134,27 @@ pub struct Resources {
 pub struct ExternalUrl {
     /// The Secret key that holds the connection URL (`postgres://…`, `redis://…`, `rediss://…`).
     pub url_secret_ref: SecretKeyRef,
+}
+
+/// Kubernetes accepts quantities written as numbers (`cpu: 2`) as well as strings.
+fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "nullable": true,
+    })
+}
+
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(i64),
+        Float(f64),
+        Str(String),
+    }
+    Ok(Option::<IntOrString>::deserialize(d)?.map(|v| match v {
+        IntOrString::Int(i) => i.to_string(),
+        IntOrString::Float(f) => f.to_string(),
+        IntOrString::Str(s) => s,
+    }))
 }

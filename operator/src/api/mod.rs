@@ -1,8 +1,12 @@
 //! The berth API (`berth.dev/v1alpha1`): the four custom resources, their defaults and their
 //! semantic validation. No I/O here.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 pub mod appstack;
+#[allow(clippy::duplicated_attributes)]
 pub mod backup;
+#[allow(clippy::duplicated_attributes)]
 pub mod certificate;
 pub mod common;
 pub mod reference;
@@ -10,6 +14,7 @@ pub mod schedule;
 pub mod schema_check;
 pub mod units;
 pub mod validate;
+#[allow(clippy::duplicated_attributes)]
 pub mod worker;
 
 pub use appstack::{AppStack, AppStackSpec, AppStackStatus};

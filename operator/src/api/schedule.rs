@@ -34,6 +34,9 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
             ));
         }
     }
+    if !is_macro {
+        check_field_ranges(text, expr)?;
+    }
     let parser = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
@@ -41,6 +44,36 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
     parser
         .parse(text)
         .map_err(|e| format!("is not a valid cron schedule ({expr:?}): {e}"))
+}
+
+/// Names each out-of-range number with its field and the allowed range, which the parser's
+/// own error does not.
+fn check_field_ranges(text: &str, expr: &str) -> Result<(), String> {
+    const FIELDS: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day-of-month", 1, 31),
+        ("month", 1, 12),
+        ("day-of-week", 0, 7),
+    ];
+    for (field, (name, lo, hi)) in text.split_whitespace().zip(FIELDS) {
+        for part in field.split(',') {
+            // The step after `/` is a count, not a value of the field.
+            let values = part.split('/').next().unwrap_or("");
+            for number in values
+                .split('-')
+                .filter(|n| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty())
+            {
+                let n: u32 = number.parse().unwrap_or(u32::MAX);
+                if n < lo || n > hi {
+                    return Err(format!(
+                        "has {name} {number} in {expr:?}: the {name} field takes {lo}-{hi}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses an IANA time zone name such as `UTC` or `Europe/Berlin`.

@@ -75,6 +75,20 @@ fn check_node(schema: &Value, value: &Value, path: &Path, errors: &mut Vec<Field
         }
         return;
     }
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        if !matches!(value, Value::String(_)) && type_name(value) != "integer" {
+            errors.push(path.error(format!(
+                "must be an integer or a string (got {} {})",
+                type_name(value),
+                short(value)
+            )));
+        }
+        return;
+    }
     let Some(expected) = schema.get("type").and_then(Value::as_str) else {
         return;
     };
@@ -187,9 +201,7 @@ fn check_node(schema: &Value, value: &Value, path: &Path, errors: &mut Vec<Field
                 // bug that the CRD tests catch, not something a user can cause.
                 if let Ok(re) = Regex::new(pattern) {
                     if !re.is_match(s) {
-                        errors.push(
-                            path.error(format!("must match the pattern {pattern} (got {s:?})")),
-                        );
+                        errors.push(path.error(pattern_message(pattern, s)));
                     }
                 }
             }
@@ -252,6 +264,18 @@ fn check_list_keys(schema: &Value, items: &[Value], path: &Path, errors: &mut Ve
             }
         }
         _ => {}
+    }
+}
+
+/// Plain words for the patterns our schemas use; the raw pattern for any other.
+fn pattern_message(pattern: &str, got: &str) -> String {
+    match pattern {
+        "^/" => format!("must start with / (got {got:?})"),
+        "^[a-z]([-a-z0-9]*[a-z0-9])?$" => format!(
+            "must be a DNS label: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (got {got:?})"
+        ),
+        "^[0-9]+(\\.[0-9]+)?$" => format!("must be a version number like \"16\" or \"7.2\" (got {got:?})"),
+        _ => format!("must match the pattern {pattern} (got {got:?})"),
     }
 }
 

@@ -136,12 +136,7 @@ fn appstack_spec(errs: &mut Errors, stack: &str, spec: &AppStackSpec, path: &Pat
                 errs.push(&p, "exactly one of certificateRef or issuer must be set")
             }
             (Some(name), None) => errs.check(&p.field("certificateRef"), dns_subdomain(name)),
-            (None, Some(issuer)) => cert_issuer(
-                errs,
-                issuer,
-                &p.field("issuer"),
-                spec.domain.as_deref().into_iter(),
-            ),
+            (None, Some(issuer)) => cert_issuer(errs, issuer, &p.field("issuer")),
         }
     }
     let has_postgres = spec.postgres.is_some();
@@ -472,12 +467,7 @@ impl Validate for Certificate {
                 errs.check(&p, dns_name(name, true));
             }
         }
-        cert_issuer(
-            &mut errs,
-            &spec.issuer,
-            &path.field("issuer"),
-            std::iter::empty(),
-        );
+        cert_issuer(&mut errs, &spec.issuer, &path.field("issuer"));
         let lifetime = match parse_duration(&spec.duration) {
             Ok(d) if d.as_secs() < 3600 => {
                 errs.push(&path.field("duration"), "must be at least 1h");
@@ -497,8 +487,8 @@ impl Validate for Certificate {
                         errs.push(
                             &path.field("renewBefore"),
                             format!(
-                                "must be shorter than duration ({rb} >= {}): the certificate would be renewed as soon as it is issued",
-                                super::units::format_duration(life)
+                                "must be shorter than duration ({rb} is not shorter than {}): the certificate would be renewed as soon as it is issued",
+                                spec.duration
                             ),
                         );
                     }
@@ -513,12 +503,7 @@ impl Validate for Certificate {
     }
 }
 
-fn cert_issuer<'a>(
-    errs: &mut Errors,
-    issuer: &CertIssuer,
-    path: &Path,
-    _names: impl Iterator<Item = &'a str>,
-) {
+fn cert_issuer(errs: &mut Errors, issuer: &CertIssuer, path: &Path) {
     let set = [
         issuer.acme.is_some(),
         issuer.self_signed.is_some(),
@@ -609,9 +594,19 @@ fn destination(errs: &mut Errors, d: &BackupDestination, path: &Path) {
                 format!("must be an S3 bucket name: 3-63 lowercase letters, digits, '-' or '.' (got {:?})", s3.bucket),
             );
         }
-        if !s3.endpoint.is_empty()
-            && !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"))
-        {
+        if s3.prefix.starts_with('/') {
+            errs.push(
+                &p.field("prefix"),
+                format!(
+                    "must not start with / (object keys are relative to the bucket; got {:?})",
+                    s3.prefix
+                ),
+            );
+        }
+        let endpoint_ok = s3.endpoint.is_empty()
+            || s3.endpoint.starts_with("http://")
+            || s3.endpoint.starts_with("https://");
+        if !endpoint_ok {
             errs.push(
                 &p.field("endpoint"),
                 format!("must be an http:// or https:// URL (got {:?})", s3.endpoint),
@@ -745,6 +740,13 @@ fn positive_quantity(s: &str) -> Result<(), String> {
 fn route_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("must start with / (got {p:?})"));
+    }
+    if p.contains('*') {
+        let prefix = p.trim_end_matches('*').trim_end_matches('/');
+        let prefix = if prefix.is_empty() { "/" } else { prefix };
+        return Err(format!(
+            "is a prefix, not a glob: write {prefix:?} instead of {p:?}"
+        ));
     }
     if p.chars().any(|c| {
         c.is_whitespace()

@@ -195,7 +195,7 @@ fn default_down_window() -> String {
 
 /// Behaviour while the queue cannot be read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawOnQueueUnavailable", into = "RawOnQueueUnavailable")]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
 pub enum OnQueueUnavailable {
     /// Keep the current replica count (`hold`).
     #[default]
@@ -204,37 +204,32 @@ pub enum OnQueueUnavailable {
     Fixed(i32),
 }
 
-/// The wire form of [`OnQueueUnavailable`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-enum RawOnQueueUnavailable {
-    Word(String),
-    Replicas { replicas: i32 },
-}
-
-impl TryFrom<RawOnQueueUnavailable> for OnQueueUnavailable {
+impl TryFrom<serde_json::Value> for OnQueueUnavailable {
     type Error = String;
-    fn try_from(raw: RawOnQueueUnavailable) -> Result<Self, String> {
-        match raw {
-            RawOnQueueUnavailable::Word(w) if w == "hold" => Ok(OnQueueUnavailable::Hold),
-            RawOnQueueUnavailable::Word(w) => {
-                Err(format!("expected \"hold\" or {{replicas: N}}, got {w:?}"))
-            }
-            RawOnQueueUnavailable::Replicas { replicas } if replicas >= 0 => {
-                Ok(OnQueueUnavailable::Fixed(replicas))
-            }
-            RawOnQueueUnavailable::Replicas { replicas } => {
-                Err(format!("replicas must be >= 0, got {replicas}"))
-            }
+    fn try_from(raw: serde_json::Value) -> Result<Self, String> {
+        use serde_json::Value;
+        let fixed = match &raw {
+            Value::String(w) if w == "hold" => return Ok(OnQueueUnavailable::Hold),
+            Value::Object(map) if map.len() == 1 => map
+                .get("replicas")
+                .and_then(Value::as_i64)
+                .filter(|n| (0..=i64::from(i32::MAX)).contains(n)),
+            _ => None,
+        };
+        match fixed {
+            Some(n) => Ok(OnQueueUnavailable::Fixed(n as i32)),
+            None => Err(format!(
+                "must be \"hold\" or {{replicas: N}} with N >= 0 (got {raw})"
+            )),
         }
     }
 }
 
-impl From<OnQueueUnavailable> for RawOnQueueUnavailable {
+impl From<OnQueueUnavailable> for serde_json::Value {
     fn from(v: OnQueueUnavailable) -> Self {
         match v {
-            OnQueueUnavailable::Hold => RawOnQueueUnavailable::Word("hold".into()),
-            OnQueueUnavailable::Fixed(replicas) => RawOnQueueUnavailable::Replicas { replicas },
+            OnQueueUnavailable::Hold => serde_json::Value::String("hold".into()),
+            OnQueueUnavailable::Fixed(replicas) => serde_json::json!({ "replicas": replicas }),
         }
     }
 }
@@ -247,7 +242,7 @@ fn on_queue_unavailable_schema(_: &mut schemars::SchemaGenerator) -> schemars::S
         "x-kubernetes-preserve-unknown-fields": true,
         "default": "hold",
         "x-kubernetes-validations": [{
-            "rule": "type(self) == string ? self == 'hold' : (type(self) == map && self.size() == 1 && has(self.replicas) && type(self.replicas) == int && self.replicas >= 0)",
+            "rule": "self == 'hold' || (has(self.replicas) && self.size() == 1 && self.replicas >= 0)",
             "message": "must be \"hold\" or {replicas: N} with N >= 0"
         }]
     })
@@ -278,4 +273,30 @@ pub struct WorkerStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_queue_unavailable_round_trips() {
+        let hold: OnQueueUnavailable = serde_json::from_str("\"hold\"").unwrap();
+        assert_eq!(hold, OnQueueUnavailable::Hold);
+        let fixed: OnQueueUnavailable = serde_json::from_str("{\"replicas\": 2}").unwrap();
+        assert_eq!(fixed, OnQueueUnavailable::Fixed(2));
+        assert_eq!(serde_json::to_string(&fixed).unwrap(), "{\"replicas\":2}");
+        assert_eq!(serde_json::to_string(&hold).unwrap(), "\"hold\"");
+        for bad in [
+            "\"panic\"",
+            "{\"replicas\": -1}",
+            "{\"replicas\": 1, \"x\": 1}",
+            "3",
+        ] {
+            assert!(
+                serde_json::from_str::<OnQueueUnavailable>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
