@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
 mod crds;
+mod render;
 mod validate;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// Check manifests offline against the schema and berth's semantic rules.
     Validate(validate::ValidateArgs),
+    /// Print, offline, the Kubernetes objects the operator would create for manifests.
+    Render(render::RenderArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Crds(args) => crds::run(args),
         Command::Validate(args) => validate::run(args),
+        Command::Render(args) => render::run(args),
     };
     ExitCode::from(code)
 }
