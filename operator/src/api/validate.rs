@@ -483,7 +483,7 @@ impl Validate for Certificate {
             match parse_duration(rb) {
                 Err(e) => errs.push(&path.field("renewBefore"), e),
                 Ok(before) => {
-                    if let Some(life) = lifetime.filter(|l| before >= *l) {
+                    if lifetime.is_some_and(|l| before >= l) {
                         errs.push(
                             &path.field("renewBefore"),
                             format!(
