@@ -57,7 +57,10 @@ pub fn run(args: RenderArgs) -> u8 {
                 }
             }
             Err(e) => {
-                eprintln!("berth render: AppStack {}: {e}", stack.metadata.name.as_deref().unwrap_or("?"));
+                eprintln!(
+                    "berth render: AppStack {}: {e}",
+                    stack.metadata.name.as_deref().unwrap_or("?")
+                );
                 code = exit::INVALID;
             }
         }
