@@ -113,9 +113,7 @@ impl Env {
         let body = ContainerCreateBody {
             image: Some(spec.image.to_string()),
             env: Some(spec.env),
-            cmd: spec
-                .cmd
-                .map(|c| c.into_iter().map(String::from).collect()),
+            cmd: spec.cmd.map(|c| c.into_iter().map(String::from).collect()),
             labels: Some(Self::labels_for(&self.run)),
             exposed_ports: spec.publish.map(|p| vec![format!("{p}/tcp")]),
             host_config: Some(HostConfig {
@@ -240,10 +238,14 @@ impl Env {
 
     /// `pg_isready` over TCP: only true once initialisation is over and the server listens.
     async fn wait_postgres(&self, container: &str) {
-        wait_until(&format!("{container} accepts connections"), DEADLINE, || async {
-            let cmd = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"];
-            self.exec(container, &cmd, &[]).await.0 == 0
-        })
+        wait_until(
+            &format!("{container} accepts connections"),
+            DEADLINE,
+            || async {
+                let cmd = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"];
+                self.exec(container, &cmd, &[]).await.0 == 0
+            },
+        )
         .await;
     }
 
@@ -329,7 +331,10 @@ where
         if cond().await {
             return;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -418,13 +423,31 @@ async fn postgres_initialises_once_requires_its_password_and_keeps_data() {
     // so pg_hba's `host all all all scram-sha-256` applies), into the database made at init.
     let psql = |sql: &'static str| {
         [
-            "psql", "-h", "db", "-U", "app", "-d", "appdb", "-v", "ON_ERROR_STOP=1", "-tAc", sql,
+            "psql",
+            "-h",
+            "db",
+            "-U",
+            "app",
+            "-d",
+            "appdb",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
         ]
     };
     let (code, out) = env
-        .exec(&db, &psql("select current_user || '@' || current_database()"), &["PGPASSWORD=first-pw"])
+        .exec(
+            &db,
+            &psql("select current_user || '@' || current_database()"),
+            &["PGPASSWORD=first-pw"],
+        )
         .await;
-    assert_eq!((code, out.trim()), (0, "app@appdb"), "password login: {out}");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "app@appdb"),
+        "password login: {out}"
+    );
     let (code, out) = env
         .exec(&db, &psql("select 1"), &["PGPASSWORD=wrong"])
         .await;
@@ -437,7 +460,11 @@ async fn postgres_initialises_once_requires_its_password_and_keeps_data() {
     let (_, owner) = env
         .exec(
             &db,
-            &["sh", "-c", "stat -c %U /proc/$(head -n1 \"$PGDATA/postmaster.pid\")"],
+            &[
+                "sh",
+                "-c",
+                "stat -c %U /proc/$(head -n1 \"$PGDATA/postmaster.pid\")",
+            ],
             &[],
         )
         .await;
@@ -446,7 +473,9 @@ async fn postgres_initialises_once_requires_its_password_and_keeps_data() {
     // The published port reaches the server: it answers an SSLRequest with 'N' (no TLS).
     let port = env.host_port(&db, 5432).await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N");
@@ -473,7 +502,11 @@ async fn postgres_initialises_once_requires_its_password_and_keeps_data() {
         .await;
     env.wait_postgres(&db).await;
     let (code, out) = env
-        .exec(&db, &psql("select body from notes"), &["PGPASSWORD=first-pw"])
+        .exec(
+            &db,
+            &psql("select body from notes"),
+            &["PGPASSWORD=first-pw"],
+        )
         .await;
     assert_eq!((code, out.trim()), (0, "kept"), "{out}");
     assert!(
@@ -489,7 +522,13 @@ async fn redis_takes_the_official_arguments_and_requires_its_password() {
         .start(Spec {
             alias: "cache",
             image: demo_images::REDIS,
-            cmd: Some(vec!["redis-server", "--requirepass", "r3dis-pw", "--maxmemory", "256mb"]),
+            cmd: Some(vec![
+                "redis-server",
+                "--requirepass",
+                "r3dis-pw",
+                "--maxmemory",
+                "256mb",
+            ]),
             publish: Some(6379),
             ..Default::default()
         })
@@ -499,11 +538,17 @@ async fn redis_takes_the_official_arguments_and_requires_its_password() {
     })
     .await;
     assert_eq!(
-        env.redis(&cache, "r3dis-pw", &["config", "get", "maxmemory"]).await,
+        env.redis(&cache, "r3dis-pw", &["config", "get", "maxmemory"])
+            .await,
         "maxmemory\n268435456"
     );
-    let (_, anonymous) = env.exec(&cache, &["redis-cli", "-h", "cache", "ping"], &[]).await;
-    assert!(anonymous.contains("NOAUTH"), "PING without password: {anonymous}");
+    let (_, anonymous) = env
+        .exec(&cache, &["redis-cli", "-h", "cache", "ping"], &[])
+        .await;
+    assert!(
+        anonymous.contains("NOAUTH"),
+        "PING without password: {anonymous}"
+    );
 
     let port = env.host_port(&cache, 6379).await;
     let replies = redis_over_tcp(port, &["PING", "AUTH wrong", "AUTH r3dis-pw", "PING"]).await;
@@ -512,7 +557,9 @@ async fn redis_takes_the_official_arguments_and_requires_its_password() {
     assert!(lines[1].starts_with("-WRONGPASS"), "{replies}");
     assert_eq!(&lines[2..], ["+OK", "+PONG"], "{replies}");
 
-    let (_, user) = env.exec(&cache, &["stat", "-c", "%U", "/proc/1"], &[]).await;
+    let (_, user) = env
+        .exec(&cache, &["stat", "-c", "%U", "/proc/1"], &[])
+        .await;
     assert_eq!(user.trim(), "redis", "redis-server should not run as root");
 
     // Options alone as the command, like `docker run redis --appendonly yes`; no password and
@@ -525,13 +572,23 @@ async fn redis_takes_the_official_arguments_and_requires_its_password() {
             ..Default::default()
         })
         .await;
-    wait_until("the second redis answers PING from the network", DEADLINE, || async {
-        let (_, out) = env.exec(&open, &["redis-cli", "-h", "open", "ping"], &[]).await;
-        out.trim() == "PONG"
-    })
+    wait_until(
+        "the second redis answers PING from the network",
+        DEADLINE,
+        || async {
+            let (_, out) = env
+                .exec(&open, &["redis-cli", "-h", "open", "ping"], &[])
+                .await;
+            out.trim() == "PONG"
+        },
+    )
     .await;
     let (_, aof) = env
-        .exec(&open, &["redis-cli", "-h", "open", "config", "get", "appendonly"], &[])
+        .exec(
+            &open,
+            &["redis-cli", "-h", "open", "config", "get", "appendonly"],
+            &[],
+        )
         .await;
     assert_eq!(aof.trim(), "appendonly\nyes");
 }
@@ -610,8 +667,14 @@ async fn api_worker_and_nginx_serve_a_stack() {
     let bad_port = env.host_port(&bad, 8080).await;
     let page = wait_http(bad_port, "/", 500).await;
     assert!(page.contains("redis: FAILED (AUTH refused"), "{page}");
-    assert!(page.contains("postgres: ok") && page.contains("version: 2"), "{page}");
-    assert!(!page.contains("not-the-password"), "the page leaks the password");
+    assert!(
+        page.contains("postgres: ok") && page.contains("version: 2"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("not-the-password"),
+        "the page leaks the password"
+    );
 
     // The broken build serves but never reports healthy.
     let broken = env
@@ -654,7 +717,9 @@ async fn api_worker_and_nginx_serve_a_stack() {
             ..Default::default()
         })
         .await;
-    let _ = env.redis(&cache, "cache-pw", &["rpush", "slow", "long-job"]).await;
+    let _ = env
+        .redis(&cache, "cache-pw", &["rpush", "slow", "long-job"])
+        .await;
     wait_until("the slow worker takes its job", DEADLINE, || async {
         env.redis(&cache, "cache-pw", &["llen", "slow"]).await == "0"
     })
@@ -669,8 +734,16 @@ async fn api_worker_and_nginx_serve_a_stack() {
         )
         .await
         .unwrap();
-    assert_eq!(env.exit_code(&slow).await, Some(0), "{}", env.logs(&slow).await);
-    assert_eq!(env.redis(&cache, "cache-pw", &["get", "slow:done"]).await, "1");
+    assert_eq!(
+        env.exit_code(&slow).await,
+        Some(0),
+        "{}",
+        env.logs(&slow).await
+    );
+    assert_eq!(
+        env.redis(&cache, "cache-pw", &["get", "slow:done"]).await,
+        "1"
+    );
     drop(worker);
 
     // nginx serves its default page, then proxies to the api after a config change and reload.
@@ -692,7 +765,8 @@ async fn api_worker_and_nginx_serve_a_stack() {
           location / {\n    limit_req zone=perip burst=20 nodelay;\n\
             proxy_http_version 1.1;\n    proxy_set_header Upgrade $http_upgrade;\n\
             proxy_set_header Connection $connection_upgrade;\n    proxy_pass http://api:8080;\n  }\n}\n";
-    let reload = "printf '%s' \"$CONF\" > /etc/nginx/conf.d/default.conf && nginx -t && nginx -s reload";
+    let reload =
+        "printf '%s' \"$CONF\" > /etc/nginx/conf.d/default.conf && nginx -t && nginx -s reload";
     let (code, out) = env.exec(&proxy, &["sh", "-c", reload], &[conf]).await;
     assert_eq!(code, 0, "nginx -t / reload: {out}");
     wait_until("nginx proxies / to the api", DEADLINE, || async {
@@ -700,5 +774,9 @@ async fn api_worker_and_nginx_serve_a_stack() {
     })
     .await;
     assert_eq!(wait_http(proxy_port, "/health", 200).await.trim(), "ok");
-    assert_eq!(env.exit_code(&proxy).await, None, "nginx stopped after reload");
+    assert_eq!(
+        env.exit_code(&proxy).await,
+        None,
+        "nginx stopped after reload"
+    );
 }

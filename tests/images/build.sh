@@ -5,7 +5,7 @@
 # packages. An image whose tag exists is kept unless FORCE=1.
 #
 # usage: tests/images/build.sh [api|worker|postgres|redis|nginx ...]   (default: all)
-# env:   FORCE=1 rebuild existing tags; PREFIX (default berth-demo); CARGO_TARGET_DIR as cargo uses it.
+# env:   FORCE=1 rebuild existing tags; PREFIX (default berth-demo) names the images.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -60,15 +60,21 @@ add_path() {
   fi
 }
 
+# Copies the shared libraries (and the loader) an ELF file loads, as `ldd` resolves them here.
+add_libs() {
+  local root=$1 f=$2 lib
+  # `ldd` prints "name => /path (addr)", or "/path (addr)" for the loader.
+  for lib in $(ldd "$f" 2>/dev/null | awk '/=> \//{print $3} /^\t\//{print $1}'); do
+    add_path "$root" "$lib"
+  done
+}
+
 # Copies ELF files and every shared library they load.
 add_elf() {
-  local root=$1 f lib; shift
+  local root=$1 f; shift
   for f in "$@"; do
     add_path "$root" "$f"
-    # `ldd` prints "name => /path (addr)" or "/path (addr)" for the loader.
-    for lib in $(ldd "$f" 2>/dev/null | awk '/=> \//{print $3} /^\t\//{print $1}'); do
-      add_path "$root" "$lib"
-    done
+    add_libs "$root" "$f"
   done
 }
 
@@ -110,7 +116,13 @@ import_rootfs() {
   local root=$1 tag=$2; shift 2
   local args=(--change "LABEL berth.dev/demo-image=$tag") c
   for c in "$@"; do args+=(--change "$c"); done
+  local old
+  old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   tar --numeric-owner -C "$root" -c . | docker import "${args[@]}" - "$tag" >/dev/null
+  # A rebuild leaves the previous image untagged: drop it unless a container still uses it.
+  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
   log "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}'))"
 }
 
@@ -129,12 +141,15 @@ trap 'rm -rf "$WORK"' EXIT
 
 demo_bins() {
   # Built once for both api and worker; the binaries link only glibc and libgcc.
-  [ -n "${DEMO_BIN_DIR:-}" ] && return 0
+  [ -n "${DEMO_API_BIN:-}" ] && return 0
   command -v cargo >/dev/null || die "cargo is needed to build the demo api/worker"
   log "cargo build --release -p berth-demo-app"
-  (cd "$REPO" && cargo build --quiet --release -p berth-demo-app >&2)
-  DEMO_BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/release
-  case $DEMO_BIN_DIR in /*) ;; *) DEMO_BIN_DIR=$REPO/$DEMO_BIN_DIR ;; esac
+  local out
+  # Cargo's JSON messages name the executables, wherever the target dir is configured.
+  out=$(cd "$REPO" && cargo build --release -p berth-demo-app --message-format=json-render-diagnostics)
+  DEMO_API_BIN=$(printf '%s\n' "$out" | grep -o '"executable":"[^"]*/berth-demo-api"' | cut -d'"' -f4)
+  DEMO_WORKER_BIN=$(printf '%s\n' "$out" | grep -o '"executable":"[^"]*/berth-demo-worker"' | cut -d'"' -f4)
+  [ -x "$DEMO_API_BIN" ] && [ -x "$DEMO_WORKER_BIN" ] || die "cargo built no berth-demo-api/berth-demo-worker"
 }
 
 build_api() {
@@ -143,9 +158,8 @@ build_api() {
   demo_bins
   local root=$WORK/api
   new_rootfs "$root" app:10001:/app
-  install -m 0755 "$DEMO_BIN_DIR/berth-demo-api" "$root/usr/local/bin/berth-demo-api"
-  add_elf "$root" "$DEMO_BIN_DIR/berth-demo-api"
-  rm -f "$root$DEMO_BIN_DIR/berth-demo-api"
+  install -m 0755 "$DEMO_API_BIN" "$root/usr/local/bin/berth-demo-api"
+  add_libs "$root" "$DEMO_API_BIN"
   local common=('ENTRYPOINT ["/usr/local/bin/berth-demo-api"]' 'ENV PORT=8080' 'EXPOSE 8080' 'USER 10001' 'WORKDIR /app')
   import_rootfs "$root" "$img:latest" "${common[@]}" 'ENV APP_VERSION=1'
   # The same program as a second, distinct image: what a rolling update rolls to.
@@ -160,9 +174,8 @@ build_worker() {
   demo_bins
   local root=$WORK/worker
   new_rootfs "$root" app:10001:/app
-  install -m 0755 "$DEMO_BIN_DIR/berth-demo-worker" "$root/usr/local/bin/berth-demo-worker"
-  add_elf "$root" "$DEMO_BIN_DIR/berth-demo-worker"
-  rm -f "$root$DEMO_BIN_DIR/berth-demo-worker"
+  install -m 0755 "$DEMO_WORKER_BIN" "$root/usr/local/bin/berth-demo-worker"
+  add_libs "$root" "$DEMO_WORKER_BIN"
   import_rootfs "$root" "$img" 'ENTRYPOINT ["/usr/local/bin/berth-demo-worker"]' \
     'ENV QUEUE=jobs JOB_MS=200' 'USER 10001' 'WORKDIR /app'
 }
@@ -185,6 +198,7 @@ build_postgres() {
   add_tree "$root" "/usr/share/postgresql/$PG_MAJOR"
   rm -rf "$root/usr/share/postgresql/$PG_MAJOR/man"
   add_tree "$root" /usr/share/zoneinfo
+  rm -rf "$root/usr/share/zoneinfo/right"  # leap-second variants nobody selects
   [ -d /usr/lib/locale/C.utf8 ] && add_tree "$root" /usr/lib/locale/C.utf8
   mkdir -p "$root/var/lib/postgresql/data" "$root/run/postgresql" "$root/docker-entrypoint-initdb.d"
   chown -R 999:999 "$root/var/lib/postgresql" "$root/run/postgresql"

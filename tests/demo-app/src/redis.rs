@@ -34,9 +34,9 @@ impl fmt::Debug for RedisUrl {
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| "REDIS_URL must start with redis:// (TLS is not supported)".to_string())?;
+        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+            "REDIS_URL must start with redis:// (TLS is not supported)".to_string()
+        })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -71,11 +71,17 @@ impl RedisUrl {
             .split('?')
             .next()
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<u32>().map_err(|_| format!("bad database {s:?} in REDIS_URL")))
+            .map(|s| {
+                s.parse::<u32>()
+                    .map_err(|_| format!("bad database {s:?} in REDIS_URL"))
+            })
             .transpose()?
             .unwrap_or(0);
         Ok(Self {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             username,
             password,
@@ -194,7 +200,10 @@ fn read_reply(
     Box::pin(async move {
         let line = read_line(r).await?;
         let (kind, rest) = line.split_at(line.len().min(1));
-        let num = || rest.parse::<i64>().map_err(|_| protocol_error("bad length"));
+        let num = || {
+            rest.parse::<i64>()
+                .map_err(|_| protocol_error("bad length"))
+        };
         Ok(match kind {
             "+" => Reply::Status(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
@@ -235,7 +244,13 @@ mod tests {
     fn parses_urls() {
         let u = RedisUrl::parse("redis://:p%40ss@cache:6380/2").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.username, u.password.as_deref(), u.db),
+            (
+                u.host.as_str(),
+                u.port,
+                u.username,
+                u.password.as_deref(),
+                u.db
+            ),
             ("cache", 6380, None, Some("p@ss"), 2)
         );
         let u = RedisUrl::parse("redis://app:pw@cache").unwrap();

@@ -80,9 +80,21 @@ async fn main() {
     println!(
         "berth-demo-api {} listening on :{port} (database {}, redis {}{})",
         state.version,
-        state.database_url.as_deref().map(redact_url).unwrap_or("unset".into()),
-        state.redis_url.as_deref().map(redact_url).unwrap_or("unset".into()),
-        if state.broken_health { ", /health broken on purpose" } else { "" },
+        state
+            .database_url
+            .as_deref()
+            .map(redact_url)
+            .unwrap_or("unset".into()),
+        state
+            .redis_url
+            .as_deref()
+            .map(redact_url)
+            .unwrap_or("unset".into()),
+        if state.broken_health {
+            ", /health broken on purpose"
+        } else {
+            ""
+        },
     );
 
     let graceful = GracefulShutdown::new();
@@ -160,7 +172,10 @@ async fn index(state: &State) -> Response<Full<Bytes>> {
     let (pg, redis) = tokio::join!(check_postgres(state), check_redis(state));
     let line = |name: &str, r: &Result<String, String>| match r {
         Ok(detail) => format!("<li class=\"ok\">{name}: ok ({})</li>", escape(detail)),
-        Err(reason) => format!("<li class=\"fail\">{name}: FAILED ({})</li>", escape(reason)),
+        Err(reason) => format!(
+            "<li class=\"fail\">{name}: FAILED ({})</li>",
+            escape(reason)
+        ),
     };
     let all_ok = pg.is_ok() && redis.is_ok();
     let body = format!(

@@ -74,7 +74,10 @@ async fn main() {
             Ok(Reply::Array(Some(items))) if items.len() == 2 => items[1].as_text(),
             Ok(Reply::Array(None)) | Ok(Reply::Bulk(None)) => continue,
             Ok(other) => {
-                eprintln!("berth-demo-worker: unexpected BLPOP reply: {}", other.as_text());
+                eprintln!(
+                    "berth-demo-worker: unexpected BLPOP reply: {}",
+                    other.as_text()
+                );
                 conn = None;
                 tokio::time::sleep(retry).await;
                 continue;
