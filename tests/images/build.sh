@@ -262,6 +262,11 @@ ensure_pkgs /bin/busybox=busybox-static
 # The dynamic `busybox` package also installs /bin/busybox; the images need the static one.
 if ldd /bin/busybox >/dev/null 2>&1; then die "/bin/busybox is dynamically linked: apt-get install -y busybox-static"; fi
 
+# Test binaries running in parallel may all ask for the images: one builds, the others then find
+# the tags cached.
+exec 9>"${TMPDIR:-/tmp}/berth-demo-images.lock"
+flock 9
+
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(postgres redis nginx api worker)
 start=$(date +%s)
