@@ -779,4 +779,32 @@ async fn api_worker_and_nginx_serve_a_stack() {
         None,
         "nginx stopped after reload"
     );
+
+    // Stopping the api lets the request in flight finish (what a rollout's drain relies on).
+    let in_flight = tokio::spawn(http_get(api_port, "/slow?ms=1500"));
+    wait_until("the /slow request reaches the api", DEADLINE, || async {
+        let (_, out) = env.exec(&api, &["netstat", "-tn"], &[]).await;
+        out.lines()
+            .any(|l| l.contains(":8080 ") && l.contains("ESTABLISHED"))
+    })
+    .await;
+    env.docker
+        .stop_container(
+            &api,
+            Some(StopContainerOptions {
+                t: Some(30),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let (status, body) = in_flight.await.unwrap().expect("the in-flight request");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("slept 1500 ms"), "{body}");
+    assert_eq!(
+        env.exit_code(&api).await,
+        Some(0),
+        "{}",
+        env.logs(&api).await
+    );
 }
