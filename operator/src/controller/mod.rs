@@ -207,7 +207,8 @@ pub struct Context {
     pub client: Client,
     pub stores: Stores,
     pub build: BuildOptions,
-    pub recorder: Recorder,
+    /// Who publishes Events (`berth`, the pod name).
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per stack (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -221,18 +222,15 @@ impl Context {
         instance: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: REPORTER.into(),
-                instance,
-            },
-        );
+        let reporter = Reporter {
+            controller: REPORTER.into(),
+            instance,
+        };
         Context {
             client,
             stores,
             build,
-            recorder,
+            reporter,
             metrics,
             failures: Mutex::new(HashMap::new()),
         }
@@ -252,7 +250,11 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+        // A Recorder per Event: its cache keys on the reason alone, so a later Event with the
+        // same reason would become a repeat of the first one, with the first one's note.
+        // berth publishes only on changes and transitions, so nothing needs de-duplicating.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, regarding).await {
             warn!(error = %e, reason, "cannot publish event");
         } else {
             self.metrics.writes.inc();
@@ -938,12 +940,15 @@ async fn finish(
             .await;
         }
     }
-    for name in &changes.generated {
+    if !changes.generated.is_empty() {
         ctx.publish(
             &regarding,
             EventType::Normal,
             "SecretGenerated",
-            format!("generated Secret {name} (created once, never rotated; values are not shown)"),
+            format!(
+                "generated Secrets {} (created once, never rotated; values are not shown)",
+                changes.generated.join(", ")
+            ),
         )
         .await;
     }
