@@ -2,6 +2,7 @@
 //! renders into valid Kubernetes objects, ships the same CRDs as crds/, and grants the operator
 //! what it needs and no more.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -165,6 +166,21 @@ fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
     })
 }
 
+/// Every (group, resource) → verbs the ClusterRole grants, flattened.
+fn grants(rules: &[PolicyRule]) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                out.entry((g.clone(), res.clone()))
+                    .or_default()
+                    .extend(r.verbs.iter().cloned());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn cluster_role_is_least_privilege() {
     let docs = render(&[]);
@@ -183,45 +199,104 @@ fn cluster_role_is_least_privilege() {
             !r.api_groups.iter().flatten().any(|v| v == "*"),
             "no wildcard groups: {r:?}"
         );
+        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
     }
-    for kind in ["appstacks", "workers", "certificates", "backups"] {
-        for verb in ["get", "list", "watch", "patch"] {
-            assert!(allows(&rules, "berth.dev", kind, verb), "{kind} {verb}");
-        }
-        assert!(allows(
-            &rules,
-            "berth.dev",
-            &format!("{kind}/status"),
-            "patch"
-        ));
-    }
-    for (group, resource) in [
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("", "services"),
-        ("", "secrets"),
-        ("", "persistentvolumeclaims"),
-        ("networking.k8s.io", "ingresses"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("batch", "cronjobs"),
-    ] {
-        for verb in ["list", "watch", "create", "patch", "delete"] {
-            assert!(
-                allows(&rules, group, resource, verb),
-                "{group}/{resource} {verb}"
-            );
-        }
-    }
-    assert!(allows(&rules, "events.k8s.io", "events", "create"));
-    // Nothing the operator does not touch: no pods/exec, no nodes, no RBAC escalation.
+    // Exactly what the controllers use (see the comment in clusterrole.yaml):
+    // server-side apply = patch (+ create for a new object); watch = list + watch; prune = delete.
+    let managed = ["get", "list", "watch", "create", "patch", "delete"];
+    let expected: Vec<(&str, &str, &[&str])> = vec![
+        ("berth.dev", "appstacks", &["get", "list", "watch"]),
+        ("berth.dev", "appstacks/status", &["get", "patch", "update"]),
+        ("berth.dev", "workers", &managed),
+        ("berth.dev", "workers/status", &["get", "patch", "update"]),
+        ("berth.dev", "backups", &managed),
+        ("berth.dev", "backups/status", &["get", "patch", "update"]),
+        ("berth.dev", "certificates", &managed),
+        ("apps", "deployments", &managed),
+        ("apps", "deployments/scale", &["get", "patch", "update"]),
+        ("apps", "statefulsets", &managed),
+        ("", "services", &managed),
+        // Generated credentials are created once and never patched or deleted; user Secrets
+        // are only read.
+        ("", "secrets", &["get", "list", "watch", "create"]),
+        ("", "persistentvolumeclaims", &["get"]),
+        ("networking.k8s.io", "ingresses", &managed),
+        ("networking.k8s.io", "networkpolicies", &managed),
+        ("batch", "cronjobs", &managed),
+        ("batch", "jobs", &["get", "list", "watch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    let expected: BTreeMap<(String, String), BTreeSet<String>> = expected
+        .into_iter()
+        .map(|(g, r, v)| {
+            (
+                (g.to_string(), r.to_string()),
+                v.iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(grants(&rules), expected);
+    // Nothing the operator does not touch: no pods/exec, no nodes, no RBAC escalation, no
+    // cluster-wide leases.
     for (group, resource) in [
         ("", "pods/exec"),
         ("", "nodes"),
         ("rbac.authorization.k8s.io", "clusterroles"),
+        ("coordination.k8s.io", "leases"),
     ] {
         assert!(
             !allows(&rules, group, resource, "create"),
             "{group}/{resource}"
         );
+    }
+}
+
+#[test]
+fn leader_election_lease_only_in_the_release_namespace() {
+    let docs = render(&[]);
+    let roles: Vec<k8s_openapi::api::rbac::v1::Role> = find(&docs, "Role");
+    let lease_roles: Vec<_> = roles
+        .iter()
+        .filter(|r| {
+            grants(r.rules.as_deref().unwrap_or_default())
+                .contains_key(&("coordination.k8s.io".into(), "leases".into()))
+        })
+        .collect();
+    assert_eq!(lease_roles.len(), 1);
+    assert_eq!(
+        lease_roles[0].metadata.namespace.as_deref(),
+        Some("berth-system")
+    );
+    let g = grants(lease_roles[0].rules.as_deref().unwrap());
+    let verbs: Vec<&str> = g[&("coordination.k8s.io".to_string(), "leases".to_string())]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(verbs, ["create", "get", "update"]);
+}
+
+#[test]
+fn deployment_args_are_flags_berth_operator_accepts() {
+    use clap::Parser;
+    for extra in [&[][..], &["--set", "watchNamespace=shop"][..]] {
+        let docs = render(extra);
+        let d: Vec<Deployment> = find(&docs, "Deployment");
+        let args = d[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let mut argv = vec!["berth".to_string()];
+        argv.extend(args.clone());
+        if let Err(e) = berth::cli::Cli::try_parse_from(&argv) {
+            panic!("berth rejects the chart's args {args:?}: {e}");
+        }
     }
 }
