@@ -36,3 +36,17 @@ clean:
 # from Debian packages with `docker import`. Cached by tag: FORCE=1 make demo-images rebuilds.
 demo-images:
 	tests/images/build.sh
+
+.PHONY: e2e-k8s bench-plan
+
+# The Kubernetes end-to-end suite against a real cluster: installs the CRDs, runs the AppStack
+# controller in-process in fresh namespaces (deleted afterwards). Needs a kubeconfig allowed to
+# install CRDs and create namespaces: make e2e-k8s BERTH_E2E_KUBECONFIG=~/.kube/config
+e2e-k8s:
+	@test -n "$(BERTH_E2E_KUBECONFIG)" || { echo "set BERTH_E2E_KUBECONFIG to a kubeconfig (the tests skip without it)"; exit 2; }
+	BERTH_E2E_KUBECONFIG="$(BERTH_E2E_KUBECONFIG)" $(CARGO) test --test e2e_k8s -- --nocapture --test-threads=1
+
+# CPU time of planning + building one AppStack, and operator memory with 1,000 AppStacks and
+# their children in the reflector caches.
+bench-plan:
+	$(CARGO) bench --bench plan
