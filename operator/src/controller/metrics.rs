@@ -93,3 +93,29 @@ impl Drop for ReconcileTimer<'_> {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        {
+            let _t = m.reconcile_timer();
+        }
+        m.error("SecretNotFound");
+        m.writes.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "berth_appstack_reconciles_total 1",
+            "berth_appstack_reconcile_errors_total{reason=\"SecretNotFound\"} 1",
+            "berth_appstack_reconcile_duration_seconds_count 1",
+            "berth_appstack_writes_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+    }
+}
