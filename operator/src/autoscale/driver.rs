@@ -166,6 +166,11 @@ impl<T: ScaleTarget> Driver<T> {
         self.workers().contains_key(id)
     }
 
+    /// The Workers being scaled.
+    pub fn ids(&self) -> Vec<WorkerId> {
+        self.workers().keys().cloned().collect()
+    }
+
     /// Number of Workers being scaled.
     pub fn len(&self) -> usize {
         self.workers().len()
