@@ -330,3 +330,37 @@ async fn many_workers_share_one_round_trip() {
     assert_eq!(pool.get(&target).round_trips(), 1);
     assert_eq!(pool.len(), 1);
 }
+
+#[tokio::test]
+async fn berth_queue_depth_prints_what_the_autoscaler_sees() {
+    let server = RedisServer::start_with(Options {
+        password: Some("cli-pw-42".into()),
+        tls: false,
+    });
+    let mut c = server.conn().await;
+    let _: () = c.lpush("bull:mail:wait", &["1", "2"]).await.unwrap();
+    let _: () = c.lpush("bull:mail:active", "3").await.unwrap();
+    let run = |quiet: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["queue", "depth", "--type", "bullmq", "--name", "mail"])
+            .env("BERTH_REDIS_URL", server.url());
+        if quiet {
+            cmd.arg("-q");
+        }
+        cmd.output().unwrap()
+    };
+    let quiet = run(true);
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8(quiet.stdout).unwrap(), "3\n");
+    let full = run(false);
+    let out = String::from_utf8(full.stdout).unwrap();
+    assert_eq!(out.lines().last(), Some("3"), "{out}");
+    assert!(
+        out.contains("bull:mail:wait") && out.contains("(in flight)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(":***@127.0.0.1") && !out.contains("cli-pw-42"),
+        "{out}"
+    );
+}

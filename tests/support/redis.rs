@@ -30,12 +30,19 @@ pub struct Options {
     pub tls: bool,
 }
 
+/// A port outside Linux's ephemeral range (32768-60999), so no outgoing connection of a
+/// parallel test can hold it; spread by process id and a counter, checked bindable.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -62,12 +69,27 @@ impl RedisServer {
             child: None,
             tls,
         };
-        s.start();
-        s
+        // Another process may take the port between the check and the start: try others.
+        for _ in 0..20 {
+            if s.try_start() {
+                return s;
+            }
+            s.port = free_port();
+        }
+        panic!("redis-server could not start on any port (see its log in the temp dir)");
     }
 
-    /// Starts (again) on the same port and waits until it answers PING.
+    /// Starts again on the same port and waits until it serves.
     pub fn start(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts on `self.port`; false when the server exited (the port was taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(self.dir.path())
@@ -88,21 +110,25 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
-        // Wait for the port to accept connections (PING through redis-cli is not needed:
-        // redis-server listens only once it is ready to serve).
+        // Ready when our own process is alive and its port answers (redis-server listens
+        // only once it is ready to serve); checking the child after the connect makes sure
+        // the answer did not come from some other process on the port.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let answered = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("redis-server exited at start: {status}");
+            if answered && self.serves_ping() {
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -111,6 +137,21 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A raw PING (plain TCP only; a TLS server is taken as ready once it listens).
+    fn serves_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        if self.tls.is_some() {
+            return true;
+        }
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        // +PONG, or -NOAUTH with a password: either way a Redis answers.
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0)
     }
 
     /// Kills the server and waits until the port is closed.

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
 mod crds;
+mod queue;
 mod render;
 mod validate;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print, offline, the Kubernetes objects the operator would create for manifests.
     Render(render::RenderArgs),
+    /// Inspect Redis queues the way the Worker autoscaler reads them.
+    Queue(queue::QueueArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Crds(args) => crds::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Queue(args) => queue::run(args),
     };
     ExitCode::from(code)
 }

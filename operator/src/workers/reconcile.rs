@@ -218,10 +218,12 @@ async fn redis_target(
                 value: EnvValue::Secret(r) | EnvValue::Generated(r),
                 ..
             }) => r,
-            _ => return Ok(no_redis(format!(
+            _ => {
+                return Ok(no_redis(format!(
                 "AppStack {} has no redis: add spec.redis to it or set queue.redis on the Worker",
                 st.name_any()
-            ))),
+            )))
+            }
         },
         (None, None) => {
             return Ok(no_redis(
