@@ -36,3 +36,10 @@ clean:
 # from Debian packages with `docker import`. Cached by tag: FORCE=1 make demo-images rebuilds.
 demo-images:
 	tests/images/build.sh
+
+.PHONY: bench-autoscale
+
+## Autoscaler figures against a real redis-server: reaction time from a depth change to the
+## scale request (pollInterval 1s, p50/p99 over TRIALS=100) and one poll cycle of 1,000 Workers.
+bench-autoscale:
+	$(CARGO) bench -p berth --bench autoscale

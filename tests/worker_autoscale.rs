@@ -38,6 +38,14 @@ struct FakeApi {
 
 impl FakeApi {
     fn start(worker: Value, secret: Value) -> FakeApi {
+        FakeApi::with_objects(
+            worker,
+            vec![("/api/v1/namespaces/prod/secrets/cache".into(), secret)],
+        )
+    }
+
+    /// `objects`: what GET answers, by path (everything else not found).
+    fn with_objects(worker: Value, objects: Vec<(String, Value)>) -> FakeApi {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let served = log.clone();
@@ -48,7 +56,7 @@ impl FakeApi {
                 let query = req.uri().query().unwrap_or("").to_string();
                 let bytes = req.into_body().collect().await.unwrap().to_bytes();
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let (status, reply) = answer(&method, &path, &body, &worker, &secret);
+                let (status, reply) = answer(&method, &path, &body, &worker, &objects);
                 served.lock().unwrap().push(Recorded {
                     method,
                     path,
@@ -113,11 +121,15 @@ fn answer(
     path: &str,
     body: &Value,
     worker: &Value,
-    secret: &Value,
+    objects: &[(String, Value)],
 ) -> (StatusCode, Value) {
     const DEPLOY: &str = "/apis/apps/v1/namespaces/prod/deployments/render";
+    if method == "GET" {
+        if let Some((_, v)) = objects.iter().find(|(p, _)| p == path) {
+            return (StatusCode::OK, v.clone());
+        }
+    }
     match (method, path) {
-        ("GET", "/api/v1/namespaces/prod/secrets/cache") => (StatusCode::OK, secret.clone()),
         ("GET", DEPLOY) => not_found(),
         ("PATCH", DEPLOY) => {
             // Server-side apply: echo the object with every replica available.
@@ -164,9 +176,13 @@ fn worker_json(extra: Value) -> Value {
 }
 
 fn secret_json(url: &str) -> Value {
+    named_secret("cache", url)
+}
+
+fn named_secret(name: &str, url: &str) -> Value {
     let s = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("cache".into()),
+            name: Some(name.into()),
             namespace: Some("prod".into()),
             ..Default::default()
         },
@@ -387,4 +403,58 @@ async fn missing_secret_is_a_condition_not_a_crash() {
             .is_empty(),
         "nothing applied before the Worker can be carried out"
     );
+}
+
+#[tokio::test]
+async fn a_stack_worker_reads_the_stacks_redis() {
+    let redis = RedisServer::start_with(Options {
+        password: Some(PASSWORD.into()),
+        tls: false,
+    });
+    let mut worker = worker_json(json!({"appStackRef": "shop",
+        "scaling": {"maxReplicas": 4, "jobsPerReplica": 2, "pollInterval": "200ms"}}));
+    worker["spec"]["queue"] = json!({"type": "celery", "name": "celery"});
+    let stack = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+        "metadata": {"name": "shop", "namespace": "prod", "uid": "uid-shop"},
+        "spec": {"api": {"image": "shop:1"}, "redis": {}}
+    });
+    let api = FakeApi::with_objects(
+        worker.clone(),
+        vec![
+            (
+                "/apis/berth.dev/v1alpha1/namespaces/prod/appstacks/shop".into(),
+                stack,
+            ),
+            (
+                "/api/v1/namespaces/prod/secrets/shop-redis-credentials".into(),
+                named_secret("shop-redis-credentials", &redis.url()),
+            ),
+        ],
+    );
+    let ctx = context(api.client.clone(), Arc::new(Metrics::default()));
+    reconcile(
+        Arc::new(serde_json::from_value(worker).unwrap()),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let applies = api.matching("PATCH", "/apis/apps/v1/namespaces/prod/deployments/render");
+    let labels = &applies[0].body["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["berth.dev/stack"], "shop");
+    assert_eq!(labels["app.kubernetes.io/component"], "worker");
+    assert!(ctx.driver.contains("prod/render"));
+
+    // Celery jobs at priority 0 and 9: both counted.
+    let mut c = redis.conn().await;
+    let _: () = c.lpush("celery", &["a", "b"]).await.unwrap();
+    let _: () = c.lpush("celery\x06\x169", &["c", "d", "e"]).await.unwrap();
+    let outcomes = ctx.driver.poll_due(Instant::now(), true).await;
+    let (_, o) = &outcomes[0];
+    assert_eq!(o.depth.as_ref().unwrap().total(), 5);
+    assert_eq!(o.scaled.as_ref().map(|s| (s.from, s.to)), Some((0, 3)));
+    api.wait_for("scale to 3", |r| {
+        is_scale(r) && r.body["spec"]["replicas"] == 3
+    })
+    .await;
 }
