@@ -5,8 +5,10 @@
 //! a backend (`k8s`, `docker`) → status. Engines shared by both backends live beside them.
 
 pub mod api;
+pub mod autoscale;
 pub mod cli;
 pub mod controller;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;
+pub mod workers;

@@ -2,6 +2,7 @@
 
 mod crds;
 mod operator;
+mod queue;
 mod render;
 mod validate;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Run the Kubernetes controllers (in a cluster, or against KUBECONFIG).
     Operator(operator::OperatorArgs),
+    /// Inspect Redis queues the way the Worker autoscaler reads them.
+    Queue(queue::QueueArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
         Command::Operator(args) => operator::run(args),
+        Command::Queue(args) => queue::run(args),
     };
     ExitCode::from(code)
 }

@@ -222,7 +222,7 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
     );
     let appstack_metrics = Arc::new(controller::Metrics::register(&mut registry));
     // More controllers under the same Lease: register their metrics here (1 of 2 lines each):
-    // let worker_metrics = Arc::new(crate::workers::Metrics::register(&mut registry));
+    let worker_metrics = Arc::new(crate::workers::Metrics::register(&mut registry));
     // let backup_metrics = Arc::new(crate::backup::kube::Metrics::register(&mut registry));
 
     let state = Arc::new(HttpState {
@@ -306,7 +306,16 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
     );
     // More controllers under the same Lease (2 of 2 lines each), all with the same shape
     // `run(client, namespace, metrics, shutdown)`:
-    // spawn_controller(&mut controllers, "Worker", crate::workers::run(client.clone(), args.namespace.clone(), worker_metrics, work.clone()));
+    spawn_controller(
+        &mut controllers,
+        "Worker",
+        crate::workers::run(
+            client.clone(),
+            args.namespace.clone(),
+            worker_metrics,
+            work.clone(),
+        ),
+    );
     // spawn_controller(&mut controllers, "Backup", crate::backup::kube::run(client.clone(), args.namespace.clone(), backup_metrics, work.clone()));
 
     // The first controller to stop (an error, or `work` cancelled) stops them all.

@@ -1,0 +1,241 @@
+//! One connection per Redis, shared by every Worker that reads it. A multiplexed connection
+//! pipelines concurrent requests on one socket, and the driver sends the probes of all Workers
+//! due at the same tick as one pipeline: one round trip per Redis per tick.
+//!
+//! URLs carry passwords: they are kept out of `Debug`, logs and errors ([`redact`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Pipeline, Value};
+
+/// How long connecting, and one round trip, may take before the probe counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a queue lives: a `redis://` or `rediss://` URL and, for TLS with a private CA, the
+/// CA certificate (PEM). Both are secret material; `Debug` shows the redacted URL only.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisTarget {
+    url: String,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisTarget {
+    pub fn new(url: impl Into<String>, ca_pem: Option<Vec<u8>>) -> RedisTarget {
+        RedisTarget {
+            url: url.into().trim().to_string(),
+            ca_pem,
+        }
+    }
+
+    /// The URL with its password replaced, for logs and messages.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &self.redacted())
+            .field("ca", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`. Anything that does not
+/// look like a URL is replaced whole.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// A failure to reach or read a Redis; the message names the redacted URL only.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("invalid Redis URL {url}: {message} (expected redis://[:password@]host[:port][/db] or rediss://...)")]
+    InvalidUrl { url: String, message: String },
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("reading from {url} failed: {message}")]
+    Query { url: String, message: String },
+    #[error("{url} did not answer within {0:?}", RESPONSE_TIMEOUT)]
+    Timeout { url: String },
+}
+
+/// Connections by Redis, shared by all Workers.
+#[derive(Default, Clone)]
+pub struct Pool {
+    conns: Arc<Mutex<HashMap<RedisTarget, Arc<Conn>>>>,
+}
+
+/// One Redis: its client and the current connection (re-dialled after a failure).
+pub struct Conn {
+    target: RedisTarget,
+    client: Result<Client, PoolError>,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    round_trips: AtomicU64,
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
+    }
+
+    /// The shared connection of a Redis (created lazily; nothing is dialled here).
+    pub fn get(&self, target: &RedisTarget) -> Arc<Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .entry(target.clone())
+            .or_insert_with(|| Arc::new(Conn::new(target.clone())))
+            .clone()
+    }
+
+    /// Forgets Redis servers no Worker uses any more.
+    pub fn retain(&self, used: &[RedisTarget]) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|k, _| used.contains(k));
+    }
+
+    /// Connections held (one per distinct Redis).
+    pub fn len(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Conn {
+    fn new(target: RedisTarget) -> Conn {
+        let client = build_client(&target);
+        Conn {
+            target,
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            round_trips: AtomicU64::new(0),
+        }
+    }
+
+    /// Round trips sent so far (for benchmarks and metrics).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Sends one pipeline (replies of failed commands come back as `Value::ServerError`, so
+    /// one Worker's wrong key does not fail the others). A broken connection is dropped and
+    /// re-dialled on the next call.
+    pub async fn query(&self, pipe: &Pipeline) -> Result<Vec<Value>, PoolError> {
+        let url = self.target.redacted();
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let mut conn = {
+            let mut slot = self.conn.lock().await;
+            match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                    let c = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(|e| PoolError::Connect {
+                            url: url.clone(),
+                            message: scrub(&e.to_string(), &self.target),
+                        })?;
+                    *slot = Some(c.clone());
+                    c
+                }
+            }
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let result =
+            tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        let failure = match result {
+            Ok(Ok(values)) => return Ok(values),
+            Ok(Err(e)) => PoolError::Query {
+                url,
+                message: scrub(&e.to_string(), &self.target),
+            },
+            Err(_) => PoolError::Timeout { url },
+        };
+        *self.conn.lock().await = None;
+        Err(failure)
+    }
+}
+
+fn build_client(target: &RedisTarget) -> Result<Client, PoolError> {
+    let invalid = |e: redis::RedisError| PoolError::InvalidUrl {
+        url: target.redacted(),
+        message: scrub(&e.to_string(), target),
+    };
+    match &target.ca_pem {
+        Some(ca) if target.url.starts_with("rediss://") => Client::build_with_tls(
+            target.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        )
+        .map_err(invalid),
+        _ => Client::open(target.url.as_str()).map_err(invalid),
+    }
+}
+
+/// Removes the URL and its password from a driver message, should one ever echo them.
+fn scrub(message: &str, target: &RedisTarget) -> String {
+    let mut out = message.replace(&target.url, &target.redacted());
+    if let Some(pw) = password_of(&target.url) {
+        if !pw.is_empty() {
+            out = out.replace(pw, "***");
+        }
+    }
+    out
+}
+
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://default:p@ss@h:1"),
+            "rediss://default:***@h:1"
+        );
+        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact("s3cret"), "***");
+        let t = RedisTarget::new("redis://:hunter2@x:1/0", None);
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert_eq!(scrub("auth hunter2 failed", &t), "auth *** failed");
+    }
+}

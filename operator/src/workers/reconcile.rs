@@ -1,0 +1,273 @@
+//! One reconcile of a Worker: dereference (AppStack, Redis Secret) → plan → build → apply
+//! the Deployment → hand the Worker to the autoscaler → status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use crate::api::common::SecretKeyRef;
+use crate::api::{AppStack, Worker};
+use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
+use crate::k8s::meta::MANAGER;
+use crate::plan::wiring::{stack_urls, UrlSource};
+use crate::plan::worker::{initial_replicas, plan_worker};
+use crate::plan::EnvValue;
+
+use super::build::{self, Cond};
+use super::state::{KubeTarget, Shared};
+
+/// How often a Worker is reconciled without any event (picks up a rotated Redis Secret).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay for a Worker that cannot be carried out yet (a missing Secret or AppStack).
+pub const RETRY: Duration = Duration::from_secs(30);
+/// Optional key of the Redis Secret with the CA certificate of a `rediss://` server.
+pub const CA_KEY: &str = "ca.crt";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub driver: Driver<KubeTarget>,
+}
+
+/// A reconcile that failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the Worker has no namespace")]
+    NoNamespace,
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// The id under which the autoscaler knows a Worker.
+pub fn worker_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Reconciles one Worker.
+pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = worker.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let name = worker.name_any();
+    let id = worker_id(&ns, &name);
+    let span = tracing::info_span!("reconcile", worker = %id);
+    let _enter = span.enter();
+    ctx.shared.metrics.reconciles.inc();
+    let client = ctx.shared.client.clone();
+    let spec = &worker.spec;
+    ctx.shared.upsert(&id, |rt| {
+        rt.namespace = ns.clone();
+        rt.name = name.clone();
+        rt.generation = worker.metadata.generation;
+        rt.object_ref = worker.object_ref(&());
+        rt.scaling = spec.scaling.is_some();
+    });
+
+    // Dereference.
+    let stack = match &spec.app_stack_ref {
+        None => None,
+        Some(s) => match Api::<AppStack>::namespaced(client.clone(), &ns)
+            .get_opt(s)
+            .await?
+        {
+            Some(st) => Some(st),
+            None => {
+                let c = Cond::new(
+                    "Ready",
+                    false,
+                    "StackNotFound",
+                    format!("AppStack {s} (appStackRef) does not exist in namespace {ns}: create it or fix appStackRef"),
+                );
+                return hold(&ctx, &id, c).await;
+            }
+        },
+    };
+    let plan = match plan_worker(&worker, stack.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            return hold(
+                &ctx,
+                &id,
+                Cond::new("Ready", false, e.reason(), e.to_string()),
+            )
+            .await
+        }
+    };
+    let autoscale = match &spec.scaling {
+        None => None,
+        Some(s) => {
+            let policy = match Policy::from_spec(s) {
+                Ok(p) => p,
+                Err(e) => {
+                    return hold(
+                        &ctx,
+                        &id,
+                        Cond::new("Ready", false, "InvalidScaling", e.to_string()),
+                    )
+                    .await
+                }
+            };
+            let probe = match QueueProbe::new(&spec.queue) {
+                Ok(p) => p,
+                Err(e) => {
+                    return hold(
+                        &ctx,
+                        &id,
+                        Cond::new("Ready", false, "InvalidQueue", e.to_string()),
+                    )
+                    .await
+                }
+            };
+            let redis = match redis_target(&client, &ns, &worker, stack.as_ref()).await? {
+                Ok(r) => r,
+                Err(c) => return hold(&ctx, &id, c).await,
+            };
+            Some(WorkerEntry {
+                id: id.clone(),
+                policy,
+                probe,
+                redis,
+            })
+        }
+    };
+
+    // Apply the Deployment with the replica count the autoscaler owns (or spec.replicas).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let applied = {
+        let _guard = ctx.shared.replicas_lock.lock().await;
+        let replicas = if spec.scaling.is_some() {
+            let known = ctx
+                .shared
+                .with(&id, |rt| {
+                    rt.written.is_some().then_some(rt.deployment_replicas)
+                })
+                .flatten();
+            match known {
+                Some(n) => n,
+                None => deployments
+                    .get_opt(&name)
+                    .await?
+                    .and_then(|d| d.spec.and_then(|s| s.replicas))
+                    .unwrap_or_else(|| initial_replicas(spec)),
+            }
+        } else {
+            spec.replicas.unwrap_or(1)
+        };
+        let d = build::deployment(&worker, &plan, replicas);
+        let applied = deployments
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&d),
+            )
+            .await?;
+        ctx.shared.with(&id, |rt| {
+            rt.deployment_replicas = applied
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(replicas);
+            let st = applied.status.clone().unwrap_or_default();
+            rt.observed_replicas = st.replicas.unwrap_or(0);
+            rt.available_replicas = st.available_replicas.unwrap_or(0);
+            rt.config_error = None;
+            if !rt.scaling {
+                rt.desired = None;
+                rt.queue = None;
+            }
+        });
+        applied
+    };
+    tracing::debug!(deployment = ?applied.metadata.name, "applied");
+
+    match autoscale {
+        Some(entry) => ctx.driver.upsert(entry),
+        None => ctx.driver.remove(&id),
+    }
+    ctx.shared.write_status(&id, false).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The Worker cannot be carried out: stop autoscaling it (replicas stay as they are), say why.
+async fn hold(ctx: &Context, id: &str, c: Cond) -> Result<Action, ReconcileError> {
+    tracing::info!(reason = %c.reason, "{}", c.message);
+    ctx.driver.remove(id);
+    ctx.shared.with(id, |rt| {
+        rt.config_error = Some(c);
+    });
+    ctx.shared.write_status(id, false).await?;
+    Ok(Action::requeue(RETRY))
+}
+
+/// Where the Worker's queue lives: its own `queue.redis` Secret, else its AppStack's Redis.
+/// The outer error is an API failure (retried); the inner one a condition to show.
+async fn redis_target(
+    client: &kube::Client,
+    ns: &str,
+    worker: &Worker,
+    stack: Option<&AppStack>,
+) -> Result<Result<RedisTarget, Cond>, kube::Error> {
+    let no_redis = |msg: String| Err(Cond::new("Ready", false, "RedisNotConfigured", msg));
+    let secret_ref: SecretKeyRef = match (&worker.spec.queue.redis, stack) {
+        (Some(r), _) => r.url_secret_ref.clone(),
+        (None, Some(st)) => match stack_urls(&st.name_any(), &st.spec).redis {
+            Some(UrlSource {
+                value: EnvValue::Secret(r) | EnvValue::Generated(r),
+                ..
+            }) => r,
+            _ => {
+                return Ok(no_redis(format!(
+                "AppStack {} has no redis: add spec.redis to it or set queue.redis on the Worker",
+                st.name_any()
+            )))
+            }
+        },
+        (None, None) => {
+            return Ok(no_redis(
+                "set queue.redis.urlSecretRef or appStackRef so berth can read the queue".into(),
+            ))
+        }
+    };
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&secret_ref.name)
+        .await?
+    else {
+        return Ok(Err(Cond::new(
+            "Ready",
+            false,
+            "RedisSecretNotFound",
+            format!(
+                "Secret {} does not exist: create it with key {} holding the redis:// or rediss:// URL",
+                secret_ref.name, secret_ref.key
+            ),
+        )));
+    };
+    let data = secret.data.unwrap_or_default();
+    let url = data
+        .get(&secret_ref.key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .filter(|u| u.starts_with("redis://") || u.starts_with("rediss://"));
+    let Some(url) = url else {
+        return Ok(Err(Cond::new(
+            "Ready",
+            false,
+            "RedisSecretInvalid",
+            format!(
+                "Secret {} has no key {} holding a redis:// or rediss:// URL",
+                secret_ref.name, secret_ref.key
+            ),
+        )));
+    };
+    let ca = data.get(CA_KEY).map(|b| b.0.clone());
+    Ok(Ok(RedisTarget::new(url, ca)))
+}
+
+/// Failed reconciles are retried with a fixed delay; the error is logged without secrets.
+pub fn error_policy(_worker: Arc<Worker>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.shared.metrics.reconcile_errors.inc();
+    tracing::warn!(%error, "Worker reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}

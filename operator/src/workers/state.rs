@@ -1,0 +1,290 @@
+//! What the controller knows about each Worker between reconciles, the Kubernetes
+//! [`ScaleTarget`] (scale subresource of the Deployment, events, metrics) and the single
+//! writer of Worker status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::Client;
+
+use crate::api::{Worker, WorkerStatus};
+use crate::autoscale::{PollOutcome, ProbeError, ScaleChange, ScaleTarget, TargetError, WorkerId};
+use crate::k8s::meta::MANAGER;
+
+use super::build::{conditions, differs_beyond_depth, selector_string, Cond};
+use super::metrics::{Metrics, WorkerLabels};
+
+/// A status whose only change is the queue depth is written at most this often (the depth
+/// changes on nearly every poll of a busy queue).
+pub const DEPTH_ONLY_WRITE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The controller's view of one Worker.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub object_ref: ObjectReference,
+    /// `spec.replicas` of the Deployment: what the autoscaler changes.
+    pub deployment_replicas: i32,
+    /// Pods the Deployment has / has available.
+    pub observed_replicas: i32,
+    pub available_replicas: i32,
+    pub scaling: bool,
+    /// Why the Worker cannot be carried out (Ready=False), if it cannot.
+    pub config_error: Option<Cond>,
+    /// The last probe: the depth, or why it failed.
+    pub queue: Option<Result<i64, ProbeError>>,
+    pub desired: Option<i32>,
+    pub last_scale_time: Option<Time>,
+    pub written: Option<WorkerStatus>,
+    pub last_write: Option<Instant>,
+}
+
+impl Runtime {
+    /// The status this runtime should show (`old` supplies condition transition times).
+    pub fn status(&self, old: &WorkerStatus, now: Timestamp) -> WorkerStatus {
+        let desired = self.desired.unwrap_or(self.deployment_replicas);
+        let mut wanted = vec![match &self.config_error {
+            Some(c) => c.clone(),
+            None if self.available_replicas >= desired => Cond::new(
+                "Ready",
+                true,
+                "ReplicasAvailable",
+                format!(
+                    "{} of {desired} replicas available",
+                    self.available_replicas
+                ),
+            ),
+            None => Cond::new(
+                "Ready",
+                false,
+                "ReplicasUnavailable",
+                format!(
+                    "{} of {desired} replicas available; waiting for the rest to start",
+                    self.available_replicas
+                ),
+            ),
+        }];
+        if self.scaling {
+            match &self.queue {
+                Some(Ok(_)) => wanted.push(Cond::new(
+                    "QueueReachable",
+                    true,
+                    "QueueRead",
+                    "the queue is read every pollInterval",
+                )),
+                Some(Err(e)) => wanted.push(Cond::new(
+                    "QueueReachable",
+                    false,
+                    e.reason(),
+                    format!("{e}; replicas are held until it can be read"),
+                )),
+                None => {}
+            }
+        }
+        WorkerStatus {
+            replicas: self.observed_replicas,
+            desired_replicas: Some(desired),
+            queue_depth: match &self.queue {
+                Some(Ok(d)) if self.scaling => Some(*d),
+                _ => None,
+            },
+            last_scale_time: self.last_scale_time.clone(),
+            selector: Some(selector_string(&self.name)),
+            conditions: conditions(&old.conditions, &wanted, self.generation, now),
+            observed_generation: self.generation,
+        }
+    }
+}
+
+/// State shared by the reconciler and the autoscaler.
+pub struct Shared {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub workers: Mutex<HashMap<WorkerId, Runtime>>,
+    /// Held while the replica count is read-and-applied or scaled, so a reconcile never
+    /// re-applies a count the autoscaler just changed.
+    pub replicas_lock: tokio::sync::Mutex<()>,
+    status_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            client,
+            recorder,
+            metrics,
+            workers: Mutex::new(HashMap::new()),
+            replicas_lock: tokio::sync::Mutex::new(()),
+            status_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn with<R>(&self, id: &str, f: impl FnOnce(&mut Runtime) -> R) -> Option<R> {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        w.get_mut(id).map(f)
+    }
+
+    pub fn upsert(&self, id: &str, f: impl FnOnce(&mut Runtime)) {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        f(w.entry(id.to_string()).or_default());
+    }
+
+    pub fn forget(&self, id: &str) {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = w.remove(id) {
+            let l = WorkerLabels::new(&rt.namespace, &rt.name);
+            self.metrics.forget(&l);
+        }
+    }
+
+    /// Writes the Worker's status if it changed (depth-only changes at most every
+    /// [`DEPTH_ONLY_WRITE_INTERVAL`]). Server-side apply of the whole status: fields no longer
+    /// set disappear. Returns false when the Worker no longer exists.
+    pub async fn write_status(&self, id: &str, force_depth: bool) -> Result<bool, kube::Error> {
+        let _guard = self.status_lock.lock().await;
+        let Some((ns, name, status)) = self
+            .with(id, |rt| {
+                let old = rt.written.clone().unwrap_or_default();
+                let new = rt.status(&old, Timestamp::now());
+                let changed = match &rt.written {
+                    None => true,
+                    Some(w) if differs_beyond_depth(w, &new) => true,
+                    Some(w) => {
+                        w.queue_depth != new.queue_depth
+                            && (force_depth
+                                || rt
+                                    .last_write
+                                    .is_none_or(|t| t.elapsed() >= DEPTH_ONLY_WRITE_INTERVAL))
+                    }
+                };
+                changed.then(|| (rt.namespace.clone(), rt.name.clone(), new))
+            })
+            .flatten()
+        else {
+            return Ok(true);
+        };
+        let api: Api<Worker> = Api::namespaced(self.client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": crate::api::API_VERSION,
+            "kind": "Worker",
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.with(id, |rt| {
+                    rt.written = Some(status);
+                    rt.last_write = Some(Instant::now());
+                });
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The Kubernetes side of the autoscaler.
+#[derive(Clone)]
+pub struct KubeTarget {
+    pub shared: Arc<Shared>,
+}
+
+impl ScaleTarget for KubeTarget {
+    async fn current_replicas(&self, id: &WorkerId) -> Result<i32, TargetError> {
+        self.shared
+            .with(id, |rt| rt.deployment_replicas)
+            .ok_or_else(|| TargetError(format!("Worker {id} is not known (yet)")))
+    }
+
+    async fn scale(&self, id: &WorkerId, change: &ScaleChange) -> Result<(), TargetError> {
+        let _guard = self.shared.replicas_lock.lock().await;
+        let Some((ns, name, object_ref)) = self.shared.with(id, |rt| {
+            (rt.namespace.clone(), rt.name.clone(), rt.object_ref.clone())
+        }) else {
+            return Err(TargetError(format!("Worker {id} is gone")));
+        };
+        let api: Api<Deployment> = Api::namespaced(self.shared.client.clone(), &ns);
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let body = serde_json::json!({"spec": {"replicas": change.to}});
+        api.patch_scale(&name, &pp, &Patch::Merge(&body))
+            .await
+            .map_err(|e| TargetError(format!("scaling Deployment {ns}/{name} failed: {e}")))?;
+        self.shared.with(id, |rt| {
+            rt.deployment_replicas = change.to;
+            rt.last_scale_time = Some(Time(Timestamp::now()));
+        });
+        let l = WorkerLabels::new(&ns, &name);
+        self.shared.metrics.scale_events.get_or_create(&l).inc();
+        let depth = change
+            .depth
+            .map_or_else(|| "unknown".to_string(), |d| d.to_string());
+        let note = format!(
+            "replicas {} → {} (queue depth {depth}, {})",
+            change.from, change.to, change.reason
+        );
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "Scaled".into(),
+            note: Some(note),
+            action: "Scale".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.shared.recorder.publish(&ev, &object_ref).await {
+            tracing::warn!(worker = %id, error = %e, "could not record the scale event");
+        }
+        Ok(())
+    }
+
+    async fn observed(&self, id: &WorkerId, outcome: &PollOutcome) {
+        let queue = outcome
+            .depth
+            .as_ref()
+            .map(|d| d.total())
+            .map_err(Clone::clone);
+        let Some((ns, name)) = self.shared.with(id, |rt| {
+            rt.queue = Some(queue.clone());
+            if outcome.decision.desired >= 0 {
+                rt.desired = Some(outcome.decision.desired);
+            }
+            (rt.namespace.clone(), rt.name.clone())
+        }) else {
+            return;
+        };
+        let l = WorkerLabels::new(&ns, &name);
+        let m = &self.shared.metrics;
+        m.queue_reachable
+            .get_or_create(&l)
+            .set(i64::from(queue.is_ok()));
+        if let Ok(d) = queue {
+            m.queue_depth.get_or_create(&l).set(d);
+        }
+        if outcome.decision.desired >= 0 {
+            m.desired_replicas
+                .get_or_create(&l)
+                .set(i64::from(outcome.decision.desired));
+        }
+        if let Err(e) = self.shared.write_status(id, outcome.scaled.is_some()).await {
+            tracing::warn!(worker = %id, error = %e, "could not write the Worker status");
+        }
+    }
+}
