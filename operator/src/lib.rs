@@ -5,6 +5,7 @@
 //! a backend (`k8s`, `docker`) → status. Engines shared by both backends live beside them.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod k8s;
 pub mod manifest;

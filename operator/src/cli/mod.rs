@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
+mod backup;
 mod crds;
 mod render;
 mod validate;
@@ -25,6 +26,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print, offline, the Kubernetes objects the operator would create for manifests.
     Render(render::RenderArgs),
+    /// Back up, list and restore PostgreSQL databases (what a Backup's schedule runs).
+    Backup(backup::BackupArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Crds(args) => crds::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Backup(args) => backup::run(args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,1 @@
+//! The Docker host side of backups (see below).
