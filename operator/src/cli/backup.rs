@@ -6,6 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::exit;
 use crate::api::backup::{Compression, DumpFormat};
 use crate::api::units::parse_duration;
+use crate::backup::kube::RunReport;
 use crate::backup::{self, BackupError, RestoreOptions, RunOptions, Selection, Store};
 
 #[derive(Debug, Args)]
@@ -71,6 +72,10 @@ pub struct RunArgs {
     /// Print the new backup's manifest as JSON on stdout.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
+    /// Also write a short JSON report (the new and the kept backups, or the error) to this file;
+    /// the Kubernetes CronJob uses /dev/termination-log so the controller can read it.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +174,27 @@ async fn run_cmd(a: RunArgs) -> Result<(), BackupError> {
         verify: a.verify,
         name_prefix: a.name_prefix,
     };
-    let out = backup::run(&opts).await?;
+    let result = backup::run(&opts).await;
+    if let Some(path) = &a.report {
+        let report = match &result {
+            Ok(out) => RunReport {
+                backup: Some(out.backup.record()),
+                backups: out.kept.iter().map(|m| m.record()).collect(),
+                error: None,
+            },
+            Err(e) => RunReport {
+                error: Some(e.to_string()),
+                ..RunReport::default()
+            },
+        };
+        if let Err(e) = std::fs::write(path, report.to_message()) {
+            eprintln!(
+                "berth backup run: cannot write the report to {}: {e}",
+                path.display()
+            );
+        }
+    }
+    let out = result?;
     match a.output {
         Output::Json => println!(
             "{}",
