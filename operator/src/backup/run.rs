@@ -156,18 +156,36 @@ where
 }
 
 /// After a published dump: verification (when `verify_with` is given), the manifest, then
-/// retention. Shared by `berth backup run` and the Docker host runner.
+/// retention.
 pub async fn finish(
     store: &Store,
-    mut manifest: Manifest,
+    manifest: Manifest,
     verify_with: Option<&Conn>,
     policy: Policy,
     now: DateTime<Utc>,
 ) -> Result<RunOutcome, BackupError> {
+    let verifier = verify_with
+        .map(|conn| move |m: Manifest| async move { restore::verify(store, &m, conn).await });
+    finish_with(store, manifest, verifier, policy, now).await
+}
+
+/// [`finish`] with any verifier (the Docker host restores inside the container). Shared by
+/// `berth backup run` and the Docker host runner.
+pub async fn finish_with<F, Fut>(
+    store: &Store,
+    mut manifest: Manifest,
+    verifier: Option<F>,
+    policy: Policy,
+    now: DateTime<Utc>,
+) -> Result<RunOutcome, BackupError>
+where
+    F: FnOnce(Manifest) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BackupError>>,
+{
     let name = manifest.name.clone();
     let mut verify_failure = None;
-    if let Some(conn) = verify_with {
-        match restore::verify(store, &manifest, conn).await {
+    if let Some(verify) = verifier {
+        match verify(manifest.clone()).await {
             Ok(()) => manifest.verified = true,
             Err(e) => {
                 manifest.verify_error = Some(e.to_string());
