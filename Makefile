@@ -36,3 +36,10 @@ clean:
 # from Debian packages with `docker import`. Cached by tag: FORCE=1 make demo-images rebuilds.
 demo-images:
 	tests/images/build.sh
+
+.PHONY: bench-backup
+
+## Throughput of `berth backup run` on ~1 GB next to `pg_dump | zstd`, and berth's peak memory
+## (BENCH_ROWS=... to scale; needs postgresql, zstd and GNU time).
+bench-backup:
+	$(CARGO) bench -p berth --bench backup_throughput

@@ -35,7 +35,7 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Manifest, BackupError> {
         return Err(BackupError::NotConfirmed);
     }
     let conn = Conn::parse(&opts.database_url)?;
-    let store = Store::open(&opts.from)?;
+    let store = Store::open_existing(&opts.from)?;
     let entries = catalog::list(&store).await?;
     let manifest = match &opts.selection {
         Selection::Latest => entries

@@ -76,6 +76,18 @@ impl Store {
         }
     }
 
+    /// Opens an existing destination for reading (`list`, `restore`): a missing local folder is
+    /// an error rather than created.
+    pub fn open_existing(dest: &str) -> Result<Store, BackupError> {
+        if !dest.contains("://") && !std::path::Path::new(dest).is_dir() {
+            return Err(BackupError::InvalidDestination {
+                dest: dest.to_string(),
+                reason: "no such folder".into(),
+            });
+        }
+        Store::open(dest)
+    }
+
     /// How the destination was given, for messages.
     pub fn display(&self) -> &str {
         &self.display

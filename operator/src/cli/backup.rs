@@ -222,7 +222,7 @@ async fn run_cmd(a: RunArgs) -> Result<(), BackupError> {
 }
 
 async fn list_cmd(a: ListArgs) -> Result<(), BackupError> {
-    let store = Store::open(&a.from)?;
+    let store = Store::open_existing(&a.from)?;
     let entries = backup::list(&store).await?;
     match a.output {
         Output::Json => {
