@@ -18,7 +18,7 @@ struct Measured {
 }
 
 /// Runs `cmd` under GNU time and returns wall time and peak RSS.
-fn timed(what: &str, mut cmd: Command, out_file: &Path) -> Measured {
+fn timed(what: &str, cmd: Command, out_file: &Path) -> Measured {
     let stats = out_file.with_extension("time");
     let mut wrapped = Command::new("/usr/bin/time");
     wrapped
