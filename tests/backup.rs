@@ -297,9 +297,12 @@ fn wrong_password_is_a_clear_error() {
     pg.sql("postgres", "CREATE DATABASE app");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
+    let report = tmp.path().join("report.json");
     let out = berth()
         .args(["backup", "run", "--to"])
         .arg(&dir)
+        .arg("--report")
+        .arg(&report)
         .env(
             "DATABASE_URL",
             pg.url_with_password("app", "not-the-password-x1"),
@@ -317,6 +320,14 @@ fn wrong_password_is_a_clear_error() {
         !stderr.contains("not-the-password-x1"),
         "the password leaked: {stderr}"
     );
+    // The report the Kubernetes controller reads carries the same error.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("password authentication failed") && !e.contains("not-the-password-x1"),
+        "{e}"
+    );
+    assert!(r.get("backup").is_none());
     assert!(
         !dir.exists() || files_in(&dir).is_empty(),
         "nothing written: {:?}",
@@ -345,7 +356,25 @@ fn cli_run_list_restore_and_refusals() {
         );
     };
     run(&["--format", "plain", "--compression", "gzip"]);
-    run(&["--verify", "--keep-last", "5", "--max-age", "30d"]);
+    let report = tmp.path().join("report.json");
+    run(&[
+        "--verify",
+        "--keep-last",
+        "5",
+        "--max-age",
+        "30d",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(r["backup"]["name"].as_str().unwrap().ends_with(".dump.zst"));
+    assert_eq!(r["backup"]["verified"], true);
+    assert_eq!(
+        r["backups"].as_array().unwrap().len(),
+        2,
+        "the kept backups, newest first"
+    );
+    assert_eq!(r["backups"][0]["name"], r["backup"]["name"]);
 
     let out = berth()
         .args(["backup", "list", "-o", "json", "--from"])
