@@ -56,3 +56,10 @@ bench-plan:
 ## scale request (pollInterval 1s, p50/p99 over TRIALS=100) and one poll cycle of 1,000 Workers.
 bench-autoscale:
 	$(CARGO) bench -p berth --bench autoscale
+
+.PHONY: bench-backup
+
+## Throughput of `berth backup run` on ~1 GB next to `pg_dump | zstd`, and berth's peak memory
+## (BENCH_ROWS=... to scale; needs postgresql, zstd and GNU time).
+bench-backup:
+	$(CARGO) bench -p berth --bench backup_throughput

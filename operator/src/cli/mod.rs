@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
+mod backup;
 mod crds;
 mod operator;
 mod queue;
@@ -31,6 +32,8 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// Inspect Redis queues the way the Worker autoscaler reads them.
     Queue(queue::QueueArgs),
+    /// Back up, list and restore PostgreSQL databases (what a Backup's schedule runs).
+    Backup(backup::BackupArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Operator(args) => operator::run(args),
         Command::Queue(args) => queue::run(args),
+        Command::Backup(args) => backup::run(args),
     };
     ExitCode::from(code)
 }

@@ -221,9 +221,11 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         leader_gauge.clone(),
     );
     let appstack_metrics = Arc::new(controller::Metrics::register(&mut registry));
-    // More controllers under the same Lease: register their metrics here (1 of 2 lines each):
+    // The Worker and Backup controllers run under the same Lease, each with its own metrics.
     let worker_metrics = Arc::new(crate::workers::Metrics::register(&mut registry));
-    // let backup_metrics = Arc::new(crate::backup::kube::Metrics::register(&mut registry));
+    let backup_metrics = Arc::new(crate::backup::kube::controller::Metrics::register(
+        &mut registry,
+    ));
 
     let state = Arc::new(HttpState {
         registry,
@@ -304,8 +306,7 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         "AppStack",
         controller::run_with(client.clone(), settings, appstack_metrics, work.clone()),
     );
-    // More controllers under the same Lease (2 of 2 lines each), all with the same shape
-    // `run(client, namespace, metrics, shutdown)`:
+    // Every controller has the same shape `run(client, namespace, metrics, shutdown)`.
     spawn_controller(
         &mut controllers,
         "Worker",
@@ -316,7 +317,16 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
             work.clone(),
         ),
     );
-    // spawn_controller(&mut controllers, "Backup", crate::backup::kube::run(client.clone(), args.namespace.clone(), backup_metrics, work.clone()));
+    spawn_controller(
+        &mut controllers,
+        "Backup",
+        crate::backup::kube::controller::run(
+            client.clone(),
+            args.namespace.clone(),
+            backup_metrics,
+            work.clone(),
+        ),
+    );
 
     // The first controller to stop (an error, or `work` cancelled) stops them all.
     let mut result = Ok(());

@@ -1,0 +1,665 @@
+//! The Kubernetes side of a Backup: pure builders (the backup PVC, the CronJob that runs
+//! `berth backup run`, the Job the `berth.dev/backup-now` annotation starts) and the status
+//! computed from the Jobs and their pods' termination messages; the controller is in
+//! [`controller`].
+//!
+//! The pod writes a small JSON [`RunReport`] to its termination message (`--report
+//! /dev/termination-log`): the kubelet copies it into the pod's status, which is how the
+//! controller learns the new backup's name, size, checksum and the kept backups without reading
+//! the volume or the bucket. Kubernetes caps the message at 4096 bytes, so the list of kept
+//! backups is shortened (newest first) to fit.
+
+pub mod controller;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, SecretKeySelector, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::api::backup::{BackupRecord, Compression, DumpFormat};
+use crate::api::common::SecretKeyRef;
+use crate::api::{Backup, BackupStatus};
+use crate::k8s::meta::{MANAGER, STACK_LABEL};
+
+/// Label on every object of a Backup (CronJob, Jobs, pods, PVC): the Backup's name.
+pub const BACKUP_LABEL: &str = "berth.dev/backup";
+/// Annotation on a Backup: a new value starts a backup at once.
+pub const BACKUP_NOW_ANNOTATION: &str = "berth.dev/backup-now";
+/// Label on a Job started by the annotation: a hash of the annotation's value.
+pub const BACKUP_NOW_LABEL: &str = "berth.dev/backup-now";
+/// Where the backup volume is mounted in the pod.
+pub const MOUNT_PATH: &str = "/backups";
+/// Where the pod writes its [`RunReport`].
+pub const REPORT_PATH: &str = "/dev/termination-log";
+/// A backup Job is stopped after this long (a dump that hangs must not block the schedule).
+pub const ACTIVE_DEADLINE_SECONDS: i64 = 6 * 3600;
+/// Finished Jobs the CronJob keeps, per outcome.
+pub const HISTORY_LIMIT: i32 = 3;
+/// The most a termination message may hold.
+pub const REPORT_MAX_BYTES: usize = 4096;
+
+/// What `berth backup run --report` writes: the new backup and the kept ones, or the error.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    /// The JSON of the report within [`REPORT_MAX_BYTES`]: the oldest kept backups are left out
+    /// first, then the error is shortened.
+    pub fn to_message(&self) -> String {
+        let mut r = self.clone();
+        loop {
+            let s = serde_json::to_string(&r).unwrap_or_default();
+            if s.len() <= REPORT_MAX_BYTES {
+                return s;
+            }
+            if r.backups.pop().is_some() {
+                continue;
+            }
+            if let Some(e) = &mut r.error {
+                let keep = e.len().saturating_sub(s.len() - REPORT_MAX_BYTES + 16);
+                let mut cut = keep;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push('…');
+                continue;
+            }
+            return s;
+        }
+    }
+}
+
+/// What the pods of a Backup need that is not in its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInputs {
+    /// The berth image (the operator's own).
+    pub image: String,
+    /// The Secret key with the database URL (resolved from `appStackRef` when used).
+    pub database_url: SecretKeyRef,
+    /// The AppStack whose database is dumped, so its network policy admits the pod.
+    pub stack: Option<String>,
+}
+
+/// The PVC of a `volume` destination.
+pub fn pvc_name(backup: &Backup) -> String {
+    format!("{}-backups", backup.name_any())
+}
+
+fn labels(backup: &Backup, stack: Option<&str>) -> BTreeMap<String, String> {
+    let mut l: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "berth-backup"),
+        ("app.kubernetes.io/component", "backup"),
+        ("app.kubernetes.io/part-of", "berth"),
+        ("app.kubernetes.io/managed-by", MANAGER),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    l.insert("app.kubernetes.io/instance".into(), backup.name_any());
+    l.insert(BACKUP_LABEL.into(), backup.name_any());
+    if let Some(s) = stack {
+        l.insert(STACK_LABEL.into(), s.to_string());
+    }
+    l
+}
+
+fn meta(backup: &Backup, name: String, stack: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: backup.namespace(),
+        labels: Some(labels(backup, stack)),
+        owner_references: backup.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The claim of a `volume` destination; `None` for S3.
+pub fn pvc(backup: &Backup) -> Option<PersistentVolumeClaim> {
+    let v = backup.spec.destination.volume.as_ref()?;
+    Some(PersistentVolumeClaim {
+        metadata: meta(backup, pvc_name(backup), None),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: v.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(v.size.clone()))].into()),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn format_arg(f: DumpFormat) -> &'static str {
+    match f {
+        DumpFormat::Custom => "custom",
+        DumpFormat::Plain => "plain",
+    }
+}
+
+fn compression_arg(c: Compression) -> &'static str {
+    match c {
+        Compression::Zstd => "zstd",
+        Compression::Gzip => "gzip",
+        Compression::None => "none",
+    }
+}
+
+/// The destination argument of `berth backup run --to`.
+pub fn destination(backup: &Backup) -> String {
+    match &backup.spec.destination.s3 {
+        Some(s3) => {
+            let prefix = s3.prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s3.bucket)
+            }
+        }
+        None => MOUNT_PATH.to_string(),
+    }
+}
+
+/// The container's arguments: `berth backup run …` from the spec.
+pub fn run_args(backup: &Backup) -> Vec<String> {
+    let s = &backup.spec;
+    let mut a: Vec<String> = vec![
+        "backup".into(),
+        "run".into(),
+        "--to".into(),
+        destination(backup),
+        "--format".into(),
+        format_arg(s.format).into(),
+        "--compression".into(),
+        compression_arg(s.compression).into(),
+        "--name-prefix".into(),
+        backup.name_any(),
+        "--report".into(),
+        REPORT_PATH.into(),
+    ];
+    if let Some(n) = s.retention.keep_last {
+        a.extend(["--keep-last".into(), n.to_string()]);
+    }
+    if let Some(age) = &s.retention.max_age {
+        a.extend(["--max-age".into(), age.clone()]);
+    }
+    if s.verify {
+        a.push("--verify".into());
+    }
+    a
+}
+
+fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn literal_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// The Job both the CronJob and the backup-now annotation run.
+pub fn job_spec(backup: &Backup, inputs: &JobInputs) -> JobSpec {
+    let mut env = vec![secret_env(
+        "DATABASE_URL",
+        &inputs.database_url.name,
+        &inputs.database_url.key,
+        false,
+    )];
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(s3) = &backup.spec.destination.s3 {
+        let creds = &s3.credentials_secret_ref.name;
+        env.push(secret_env(
+            "AWS_ACCESS_KEY_ID",
+            creds,
+            "AWS_ACCESS_KEY_ID",
+            false,
+        ));
+        env.push(secret_env(
+            "AWS_SECRET_ACCESS_KEY",
+            creds,
+            "AWS_SECRET_ACCESS_KEY",
+            false,
+        ));
+        env.push(secret_env(
+            "AWS_SESSION_TOKEN",
+            creds,
+            "AWS_SESSION_TOKEN",
+            true,
+        ));
+        if !s3.endpoint.is_empty() {
+            env.push(literal_env("AWS_ENDPOINT_URL", &s3.endpoint));
+        }
+        if !s3.region.is_empty() {
+            env.push(literal_env("AWS_REGION", &s3.region));
+        }
+    } else {
+        volumes.push(Volume {
+            name: "backups".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(backup),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "backups".into(),
+            mount_path: MOUNT_PATH.into(),
+            ..VolumeMount::default()
+        });
+    }
+    let stack = inputs.stack.as_deref();
+    JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(backup, stack)),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".into()),
+                containers: vec![Container {
+                    name: "backup".into(),
+                    image: Some(inputs.image.clone()),
+                    args: Some(run_args(backup)),
+                    env: Some(env),
+                    volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                    termination_message_path: Some(REPORT_PATH.into()),
+                    termination_message_policy: Some("File".into()),
+                    ..Container::default()
+                }],
+                volumes: (!volumes.is_empty()).then_some(volumes),
+                ..PodSpec::default()
+            }),
+        },
+        ..JobSpec::default()
+    }
+}
+
+/// The CronJob of a Backup, named like it.
+pub fn cron_job(backup: &Backup, inputs: &JobInputs) -> CronJob {
+    let stack = inputs.stack.as_deref();
+    CronJob {
+        metadata: meta(backup, backup.name_any(), stack),
+        spec: Some(CronJobSpec {
+            schedule: backup.spec.schedule.clone(),
+            time_zone: Some(backup.spec.time_zone.clone()),
+            suspend: Some(backup.spec.suspend),
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(HISTORY_LIMIT),
+            failed_jobs_history_limit: Some(HISTORY_LIMIT),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(backup, stack)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(job_spec(backup, inputs)),
+            },
+            ..CronJobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A chrono time as a Kubernetes `Time`.
+pub fn to_time(t: DateTime<Utc>) -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// A Kubernetes `Time` as a chrono time.
+pub fn from_time(t: &Time) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.0.as_millisecond()).unwrap_or_default()
+}
+
+/// A short stable hash of an annotation value (FNV-1a, 10 hex digits): a label value and a
+/// Job name suffix.
+pub fn value_hash(value: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in value.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+/// The value of the backup-now annotation, when set.
+pub fn backup_now_value(backup: &Backup) -> Option<&str> {
+    backup
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(BACKUP_NOW_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The Job a backup-now value starts; its name is fixed by the value, so it is created once.
+pub fn now_job(backup: &Backup, inputs: &JobInputs, value: &str) -> Job {
+    let hash = value_hash(value);
+    let mut m = meta(
+        backup,
+        format!("{}-now-{hash}", backup.name_any()),
+        inputs.stack.as_deref(),
+    );
+    if let Some(l) = m.labels.as_mut() {
+        l.insert(BACKUP_NOW_LABEL.into(), hash);
+    }
+    Job {
+        metadata: m,
+        spec: Some(job_spec(backup, inputs)),
+        status: None,
+    }
+}
+
+/// Whether a Job for this backup-now value exists already.
+pub fn now_job_exists(jobs: &[Job], value: &str) -> bool {
+    let hash = value_hash(value);
+    jobs.iter()
+        .any(|j| j.labels().get(BACKUP_NOW_LABEL) == Some(&hash))
+}
+
+/// One Job as the status sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedJob {
+    pub name: String,
+    pub created: Option<DateTime<Utc>>,
+    pub completed: Option<DateTime<Utc>>,
+    pub active: bool,
+    pub succeeded: bool,
+    pub failed: bool,
+    /// Why it failed: the pod's report, else the Job's condition message.
+    pub failure: Option<String>,
+    pub report: Option<RunReport>,
+}
+
+/// Reads a Job and the report its pod left (pods matched by the `job-name` label).
+pub fn observe(job: &Job, pods: &[Pod]) -> ObservedJob {
+    let name = job.name_any();
+    let st = job.status.clone().unwrap_or_default();
+    let report = pods
+        .iter()
+        .filter(|p| {
+            p.labels().get("batch.kubernetes.io/job-name") == Some(&name)
+                || p.labels().get("job-name") == Some(&name)
+        })
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        })
+        .find_map(|m| serde_json::from_str::<RunReport>(&m).ok());
+    let conditions = st.conditions.unwrap_or_default();
+    let cond = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    let failed_cond = cond("Failed");
+    let succeeded = cond("Complete").is_some() || st.succeeded.unwrap_or(0) > 0;
+    let failed = !succeeded && (failed_cond.is_some() || st.failed.unwrap_or(0) > 0);
+    let completed = st.completion_time.as_ref().map(from_time).or_else(|| {
+        failed_cond
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(from_time)
+    });
+    let failure = failed.then(|| {
+        report
+            .as_ref()
+            .and_then(|r| r.error.clone())
+            .or_else(|| failed_cond.and_then(|c| c.message.clone()))
+            .unwrap_or_else(|| "the backup pod failed; see its logs".into())
+    });
+    ObservedJob {
+        name,
+        created: job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(from_time)
+            .or(st.start_time.as_ref().map(from_time)),
+        completed,
+        active: st.active.unwrap_or(0) > 0 && !succeeded && !failed,
+        succeeded,
+        failed,
+        failure,
+        report,
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&BackupStatus>,
+    now: DateTime<Utc>,
+) -> Condition {
+    // The transition time moves only when the status does, so an unchanged status is equal
+    // to the previous one and is not written.
+    let last = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| to_time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: last,
+        observed_generation: generation,
+    }
+}
+
+/// The status of a Backup from its Jobs: the newest successful Job's report gives the last
+/// backup and the kept ones; the newest finished Job decides Ready; an active Job makes it
+/// Progressing. Values the Jobs no longer show (removed by the history limit) are kept from
+/// `previous`.
+pub fn status_from_jobs(
+    backup: &Backup,
+    jobs: &[ObservedJob],
+    previous: Option<&BackupStatus>,
+    now: DateTime<Utc>,
+) -> BackupStatus {
+    let generation = backup.metadata.generation;
+    let mut st = BackupStatus {
+        observed_generation: generation,
+        ..previous.cloned().unwrap_or_default()
+    };
+    let newest_created = jobs.iter().filter_map(|j| j.created).max();
+    if let Some(t) = newest_created {
+        if st
+            .last_schedule_time
+            .as_ref()
+            .is_none_or(|p| from_time(p) < t)
+        {
+            st.last_schedule_time = Some(to_time(t));
+        }
+    }
+    let last_success = jobs
+        .iter()
+        .filter(|j| j.succeeded)
+        .max_by_key(|j| j.completed.or(j.created));
+    if let Some(j) = last_success {
+        let t = j.completed.or(j.created);
+        if let Some(t) = t {
+            if st
+                .last_successful_time
+                .as_ref()
+                .is_none_or(|p| from_time(p) <= t)
+            {
+                st.last_successful_time = Some(to_time(t));
+                if let Some(r) = &j.report {
+                    st.last_backup = r.backup.clone();
+                    st.backups = r.backups.clone();
+                }
+            }
+        }
+    }
+    let last_finished = jobs
+        .iter()
+        .filter(|j| j.succeeded || j.failed)
+        .max_by_key(|j| (j.completed.or(j.created), j.name.clone()));
+    let ready = match last_finished {
+        Some(j) if j.failed => condition(
+            "Ready",
+            "False",
+            "BackupFailed",
+            format!(
+                "backup job {} failed: {}",
+                j.name,
+                j.failure.clone().unwrap_or_default()
+            ),
+            generation,
+            previous,
+            now,
+        ),
+        Some(j) => {
+            let what = j
+                .report
+                .as_ref()
+                .and_then(|r| r.backup.as_ref())
+                .map(|b| {
+                    format!(
+                        "backup {} ({} bytes{})",
+                        b.name,
+                        b.size_bytes,
+                        if b.verified {
+                            ", verified by restore"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .unwrap_or_else(|| format!("job {}", j.name));
+            condition(
+                "Ready",
+                "True",
+                "BackupSucceeded",
+                format!("last run succeeded: {what}"),
+                generation,
+                previous,
+                now,
+            )
+        }
+        None => match previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready")) {
+            Some(c) if c.reason != "NoBackupYet" => c.clone(),
+            _ => condition(
+                "Ready",
+                "Unknown",
+                "NoBackupYet",
+                format!(
+                    "no backup has run yet; the schedule is {:?} ({})",
+                    backup.spec.schedule, backup.spec.time_zone
+                ),
+                generation,
+                previous,
+                now,
+            ),
+        },
+    };
+    let running: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.active)
+        .map(|j| j.name.as_str())
+        .collect();
+    let progressing = if running.is_empty() {
+        condition(
+            "Progressing",
+            "False",
+            "Idle",
+            if backup.spec.suspend {
+                "suspended: no backup is scheduled".into()
+            } else {
+                "no backup is running".into()
+            },
+            generation,
+            previous,
+            now,
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "BackupRunning",
+            format!("backup job {} is running", running.join(", ")),
+            generation,
+            previous,
+            now,
+        )
+    };
+    st.conditions = vec![ready, progressing];
+    st
+}
+
+/// A Backup's status when it cannot be carried out (an AppStack without a database…).
+pub fn blocked_status(
+    backup: &Backup,
+    reason: &str,
+    message: String,
+    previous: Option<&BackupStatus>,
+    now: DateTime<Utc>,
+) -> BackupStatus {
+    let generation = backup.metadata.generation;
+    let mut st = BackupStatus {
+        observed_generation: generation,
+        ..previous.cloned().unwrap_or_default()
+    };
+    st.conditions = vec![
+        condition("Ready", "False", reason, message, generation, previous, now),
+        condition(
+            "Progressing",
+            "False",
+            reason,
+            "nothing is scheduled until this is fixed".into(),
+            generation,
+            previous,
+            now,
+        ),
+    ];
+    st
+}

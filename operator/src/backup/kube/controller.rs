@@ -1,0 +1,328 @@
+//! The Kubernetes Backup controller: each reconcile resolves the database, applies the PVC and
+//! the CronJob, starts a backup-now Job when the annotation has a new value, and writes the
+//! status computed from the Backup's Jobs (only when it changed).
+//!
+//! Events: Backup watches (and owned CronJobs), plus Jobs labelled `berth.dev/backup`, which the
+//! CronJob's Jobs carry from its template; a finished Job therefore triggers the reconcile that
+//! records it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use super::{
+    backup_now_value, blocked_status, cron_job, now_job, now_job_exists, observe, pvc,
+    status_from_jobs, JobInputs, BACKUP_LABEL,
+};
+use crate::api::common::SecretKeyRef;
+use crate::api::{AppStack, Backup, BackupStatus};
+use crate::backup::BackupError;
+use crate::k8s::meta::MANAGER;
+
+/// How often a Backup is looked at without any event (a safety net, not the mechanism).
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// Retry delay after a failed reconcile.
+pub const RETRY: Duration = Duration::from_secs(30);
+/// Retry delay while the spec cannot be carried out (e.g. the AppStack does not exist yet).
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+/// The image backup pods run when `BERTH_IMAGE` is not set.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION"));
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The controller's Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    reconciles: Family<ResultLabels, Counter>,
+    backup_now_jobs: Counter,
+}
+
+impl Metrics {
+    /// Registers `berth_backup_reconciles_total{result}` and `berth_backup_now_jobs_total`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "berth_backup_reconciles",
+            "Reconciles of Backup objects, by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "berth_backup_now_jobs",
+            "Jobs started by the berth.dev/backup-now annotation",
+            m.backup_now_jobs.clone(),
+        );
+        m
+    }
+
+    fn count(&self, result: &str) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// The berth image the backup pods run.
+    pub image: String,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, image: String) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "berth-backup".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            metrics,
+            recorder,
+            image,
+        }
+    }
+}
+
+/// Runs the Backup controller until `shutdown` is cancelled. `namespace: None` watches all.
+/// The backup pods run the image named by `BERTH_IMAGE` (the chart sets it to the operator's
+/// own image), else [`DEFAULT_IMAGE`].
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), BackupError> {
+    let image = std::env::var("BERTH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    let (backups, cron_jobs, jobs): (Api<Backup>, Api<CronJob>, Api<Job>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let ctx = Arc::new(Context::new(client, metrics, image));
+    let managed = watcher::Config::default().labels(BACKUP_LABEL);
+    Controller::new(backups, watcher::Config::default())
+        .owns(cron_jobs, managed.clone())
+        .watches(jobs, managed, |job: Job| {
+            let name = job.labels().get(BACKUP_LABEL).cloned()?;
+            let ns = job.namespace()?;
+            Some(ObjectRef::<Backup>::new(&name).within(&ns))
+        })
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "backup reconcile failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(backup: Arc<Backup>, err: &BackupError, ctx: Arc<Context>) -> Action {
+    warn!(backup = %backup.name_any(), error = %err, "reconcile failed, retrying");
+    ctx.metrics.count("error");
+    Action::requeue(RETRY)
+}
+
+/// Where the database URL comes from, or why it cannot be known yet.
+async fn database_ref(
+    backup: &Backup,
+    client: &Client,
+    ns: &str,
+) -> Result<Result<(SecretKeyRef, Option<String>), (&'static str, String)>, BackupError> {
+    if let Some(r) = &backup.spec.database.url_secret_ref {
+        return Ok(Ok((r.clone(), None)));
+    }
+    let Some(stack) = &backup.spec.database.app_stack_ref else {
+        return Ok(Err((
+            "InvalidSpec",
+            "set database.appStackRef or database.urlSecretRef".into(),
+        )));
+    };
+    let stacks: Api<AppStack> = Api::namespaced(client.clone(), ns);
+    let Some(s) = stacks.get_opt(stack).await? else {
+        return Ok(Err((
+            "AppStackNotFound",
+            format!("AppStack {stack:?} does not exist in namespace {ns}; create it or fix database.appStackRef"),
+        )));
+    };
+    let urls = crate::plan::wiring::stack_urls(stack, &s.spec);
+    match urls.database.map(|d| d.value) {
+        Some(crate::plan::EnvValue::Secret(r)) | Some(crate::plan::EnvValue::Generated(r)) => {
+            Ok(Ok((r, Some(stack.clone()))))
+        }
+        _ => Ok(Err((
+            "NoDatabase",
+            format!("AppStack {stack:?} has no postgres; add spec.postgres or use database.urlSecretRef"),
+        ))),
+    }
+}
+
+/// One reconcile of one Backup.
+#[instrument(skip_all, fields(backup = %backup.name_any()))]
+pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, BackupError> {
+    let ns = backup.namespace().unwrap_or_else(|| "default".into());
+    let name = backup.name_any();
+    let client = &ctx.client;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns);
+    let previous = backup.status.clone();
+    let apply = PatchParams::apply(MANAGER).force();
+
+    let (database_url, stack) = match database_ref(&backup, client, &ns).await? {
+        Ok(r) => r,
+        Err((reason, message)) => {
+            let st = blocked_status(&backup, reason, message, previous.as_ref(), Utc::now());
+            write_status(&backups, &name, previous.as_ref(), st).await?;
+            ctx.metrics.count("blocked");
+            return Ok(Action::requeue(BLOCKED_RETRY));
+        }
+    };
+    let inputs = JobInputs {
+        image: ctx.image.clone(),
+        database_url,
+        stack,
+    };
+
+    if let Some(claim) = pvc(&backup) {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        pvcs.patch(&claim.name_any(), &apply, &Patch::Apply(&claim))
+            .await?;
+    }
+    let cj = cron_job(&backup, &inputs);
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    cron_jobs.patch(&name, &apply, &Patch::Apply(&cj)).await?;
+
+    let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let selector = ListParams::default().labels(&format!("{BACKUP_LABEL}={name}"));
+    let mut jobs = jobs_api.list(&selector).await?.items;
+
+    if let Some(value) = backup_now_value(&backup) {
+        if !now_job_exists(&jobs, value) {
+            let job = now_job(&backup, &inputs, value);
+            match jobs_api.create(&PostParams::default(), &job).await {
+                Ok(created) => {
+                    info!(job = %created.name_any(), "backup-now job started");
+                    ctx.metrics.backup_now_jobs.inc();
+                    publish(
+                        &ctx,
+                        &backup,
+                        EventType::Normal,
+                        "BackupStarted",
+                        format!(
+                            "started job {} for {}",
+                            created.name_any(),
+                            super::BACKUP_NOW_ANNOTATION
+                        ),
+                    )
+                    .await;
+                    jobs.push(created);
+                }
+                // Created by an earlier reconcile whose list did not see it yet.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = pods.list(&selector).await?.items;
+    let observed: Vec<_> = jobs.iter().map(|j| observe(j, &pods)).collect();
+    let st = status_from_jobs(&backup, &observed, previous.as_ref(), Utc::now());
+    let newly_failed = ready_reason(Some(&st)) == Some("BackupFailed")
+        && ready_message(Some(&st)) != ready_message(previous.as_ref());
+    if newly_failed {
+        publish(
+            &ctx,
+            &backup,
+            EventType::Warning,
+            "BackupFailed",
+            ready_message(Some(&st)).unwrap_or_default().to_string(),
+        )
+        .await;
+    }
+    write_status(&backups, &name, previous.as_ref(), st).await?;
+    ctx.metrics.count("ok");
+    Ok(Action::requeue(RESYNC))
+}
+
+fn ready(
+    st: Option<&BackupStatus>,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    st?.conditions.iter().find(|c| c.type_ == "Ready")
+}
+fn ready_reason(st: Option<&BackupStatus>) -> Option<&str> {
+    ready(st).map(|c| c.reason.as_str())
+}
+fn ready_message(st: Option<&BackupStatus>) -> Option<&str> {
+    ready(st).map(|c| c.message.as_str())
+}
+
+async fn publish(ctx: &Context, backup: &Backup, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &backup.object_ref(&())).await {
+        warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// Writes the status by server-side apply, only when it differs from what is there.
+async fn write_status(
+    api: &Api<Backup>,
+    name: &str,
+    previous: Option<&BackupStatus>,
+    status: BackupStatus,
+) -> Result<(), BackupError> {
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "Backup",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
