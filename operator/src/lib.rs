@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod docker;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;

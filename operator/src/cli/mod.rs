@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
 mod crds;
+mod host;
 mod render;
 mod validate;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print, offline, the Kubernetes objects the operator would create for manifests.
     Render(render::RenderArgs),
+    /// Run the manifests of a folder on this Docker host (run, status, down).
+    Host(host::HostArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Crds(args) => crds::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Host(args) => host::run(args),
     };
     ExitCode::from(code)
 }
