@@ -126,7 +126,7 @@ async fn run_host(a: RunArgs) -> u8 {
         https: a.https_port,
         proxy_image: a.proxy_image,
     };
-    let host = match Host::new(opts).await {
+    let mut host = match Host::new(opts).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth host run: {e}");

@@ -263,20 +263,38 @@ impl Host {
                 by_group.entry(g).or_default().push(c);
             }
         }
+        // A replica that lost one of its networks (it was removed and recreated) is replaced:
+        // reconnecting it would leave its open connections hanging on the old network.
+        let group_networks: HashMap<&str, Vec<&str>> = desired
+            .groups()
+            .map(|g| (g.name(), g.networks.iter().map(|n| n.0.as_str()).collect()))
+            .collect();
         let replicas_of = |group: &str| -> Vec<Replica> {
+            let nets = group_networks.get(group).cloned().unwrap_or_default();
             by_group
                 .get(group)
                 .into_iter()
                 .flatten()
-                .map(|c| Replica {
-                    name: c.name.clone(),
-                    replica: c
-                        .label(labels::REPLICA)
-                        .and_then(|r| r.parse().ok())
-                        .unwrap_or(0),
-                    hash: c.label(labels::SPEC_HASH).unwrap_or_default().to_string(),
-                    health: Health::from_engine(&c.state, &c.status),
-                    image: c.image.clone(),
+                .map(|c| {
+                    let mut health = Health::from_engine(&c.state, &c.status);
+                    if health != Health::Stopped
+                        && nets
+                            .iter()
+                            .any(|n| !c.networks.iter().any(|have| have == n))
+                    {
+                        info!(container = %c.name, "lost a network; replacing it");
+                        health = Health::Stopped;
+                    }
+                    Replica {
+                        name: c.name.clone(),
+                        replica: c
+                            .label(labels::REPLICA)
+                            .and_then(|r| r.parse().ok())
+                            .unwrap_or(0),
+                        hash: c.label(labels::SPEC_HASH).unwrap_or_default().to_string(),
+                        health,
+                        image: c.image.clone(),
+                    }
                 })
                 .collect()
         };
@@ -324,17 +342,6 @@ impl Host {
                         warn!(container = %name, error = %e, "cannot create replica");
                         // A half-made container is removed on the next pass (it never started).
                         errors.insert(g.name().to_string(), e.to_string());
-                    }
-                }
-            }
-            // Containers that lost a network (it was removed and recreated) get it back.
-            for c in by_group.get(g.name()).into_iter().flatten() {
-                for (net, aliases) in &g.networks {
-                    if !c.networks.contains(net) {
-                        info!(container = %c.name, network = %net, "reconnecting");
-                        if let Err(e) = self.engine.connect(&c.name, net, aliases).await {
-                            warn!(error = %e, "cannot reconnect");
-                        }
                     }
                 }
             }
@@ -629,15 +636,14 @@ impl Host {
 
     /// Reconciles until `shutdown` completes. The stacks keep running after berth stops.
     pub async fn run(
-        mut self,
+        &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), HostError> {
         let mut wake_rx = self
             .wake_rx
             .take()
             .unwrap_or_else(|| mpsc::unbounded_channel().1);
-        self.spawn_event_watch();
-        self.spawn_manifest_watch();
+        let watchers = [self.spawn_event_watch(), self.spawn_manifest_watch()];
         tokio::pin!(shutdown);
         loop {
             let progressing = match self.pass().await {
@@ -671,6 +677,10 @@ impl Host {
             tokio::select! {
                 _ = &mut shutdown => {
                     info!("shutting down; the stacks keep running");
+                    for w in watchers {
+                        w.abort();
+                    }
+                    self.wake_rx = Some(wake_rx);
                     return Ok(());
                 }
                 _ = wake_rx.recv() => {}
@@ -682,7 +692,7 @@ impl Host {
         }
     }
 
-    fn spawn_event_watch(&self) {
+    fn spawn_event_watch(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.engine.clone();
         let wake = self.wake_tx.clone();
         let instance = self.opts.instance.clone();
@@ -722,10 +732,10 @@ impl Host {
                 let _ = wake.send(());
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-        });
+        })
     }
 
-    fn spawn_manifest_watch(&self) {
+    fn spawn_manifest_watch(&self) -> tokio::task::JoinHandle<()> {
         let dir = self.opts.manifests.clone();
         let wake = self.wake_tx.clone();
         tokio::spawn(async move {
@@ -741,7 +751,7 @@ impl Host {
                     }
                 }
             }
-        });
+        })
     }
 
     /// Removes everything of this instance: containers (workers get their stop timeout),
