@@ -206,17 +206,16 @@ async fn converge_heal_and_clean_up() {
     handle.await.unwrap();
 }
 
-/// GETs through the proxy in a loop on `n` connections until stopped; counts failures.
-fn load(
-    t: &TestHost,
-    domain: &str,
-    n: usize,
-) -> (
-    Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
-    tokio::sync::watch::Sender<bool>,
-    Vec<tokio::task::JoinHandle<Vec<String>>>,
-) {
+/// Requests through the proxy in a loop until stopped.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+/// GETs through the proxy on `n` connections at a time until stopped; counts failures.
+fn load(t: &TestHost, domain: &str, n: usize) -> Load {
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -245,7 +244,12 @@ fn load(
             errors
         }));
     }
-    (ok, failed, tx, tasks)
+    Load {
+        ok,
+        failed,
+        stop: tx,
+        tasks,
+    }
 }
 
 fn api_images(t: &TestHost, s: &str) -> Vec<String> {
@@ -272,7 +276,12 @@ async fn rolling_updates_broken_image_and_restart_mid_rollout() {
     .await;
 
     // A rolling update under continuous load: zero failed requests.
-    let (ok, failed, stop, tasks) = load(&t, &domain, 6);
+    let Load {
+        ok,
+        failed,
+        stop,
+        tasks,
+    } = load(&t, &domain, 6);
     t.write("stack.yaml", &stack_yaml(&s, demo_images::API_V2, 2, false));
     wait_for("the update rolled out", CONVERGE, || async {
         let imgs = api_images(&t, &s);
@@ -321,7 +330,7 @@ async fn rolling_updates_broken_image_and_restart_mid_rollout() {
         "{degraded}"
     );
     for _ in 0..10 {
-        let (code, body) = t.get(&domain, "/").await.unwrap();
+        let (code, body) = t.get(&domain, "/health").await.unwrap();
         assert_eq!(code, 200, "{body}");
     }
     let imgs = api_images(&t, &s);
