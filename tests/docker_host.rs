@@ -394,7 +394,7 @@ spec:
   api:
     image: {api}
     port: 8080
-    healthCheck: {{path: /health, intervalSeconds: 1}}
+    healthCheck: {{path: /health, intervalSeconds: 1, timeoutSeconds: 1}}
   workers:
     - name: work
       image: {worker}
