@@ -391,7 +391,11 @@ impl Host {
             }
         }
 
-        self.write_statuses(&desired, &decisions, &errors, &mut report)?;
+        let proxy = containers
+            .iter()
+            .find(|c| c.name == proxy_name(&self.opts.instance))
+            .map(|c| (Health::from_engine(&c.state, &c.status), c.image.clone()));
+        self.write_statuses(&desired, &decisions, &errors, proxy, &mut report)?;
         for h in &self.hooks {
             h.after_pass(PassContext {
                 engine: &self.engine,
@@ -553,6 +557,7 @@ impl Host {
         desired: &DesiredHost,
         decisions: &HashMap<String, Decision>,
         errors: &HashMap<String, String>,
+        proxy: Option<(Health, String)>,
         report: &mut PassReport,
     ) -> Result<(), HostError> {
         let mut keep: HashSet<(String, String)> = HashSet::new();
@@ -589,6 +594,28 @@ impl Host {
                     ready_replicas: d.ready as i32,
                     image: g.component.image.clone(),
                     message,
+                });
+            }
+            if o.exposure.is_some() {
+                let ready = proxy.as_ref().is_some_and(|p| p.0 == Health::Ready);
+                if !ready {
+                    progressing.push("proxy: starting".into());
+                    report.progressing = true;
+                }
+                s.components.push(ComponentStatus {
+                    name: "proxy".into(),
+                    kind: "proxy".into(),
+                    desired_replicas: 1,
+                    ready_replicas: i32::from(ready),
+                    image: proxy
+                        .as_ref()
+                        .map(|p| p.1.clone())
+                        .unwrap_or_else(|| self.opts.proxy_image.clone()),
+                    message: if ready {
+                        String::new()
+                    } else {
+                        "starting".into()
+                    },
                 });
             }
             s.degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
