@@ -17,11 +17,25 @@ use docker_host::*;
 
 const LIMIT: Duration = Duration::from_secs(180);
 const LOAD_CONNECTIONS: usize = 6;
+const RECOVER_LIMIT: Duration = Duration::from_secs(60);
+
+/// Time until `/health` answers 200 again, if within [`RECOVER_LIMIT`].
+async fn recovery(addr: &str, domain: &str) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < RECOVER_LIMIT {
+        if let Ok((200, _)) = http_get(addr, domain, "/health").await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
 
 #[derive(Debug, Default)]
 struct Figures {
     converge: Duration,
-    recover: Duration,
+    /// `None`: not serving again within [`RECOVER_LIMIT`].
+    recover: Option<Duration>,
     update_ok: usize,
     update_failed: usize,
 }
@@ -100,14 +114,7 @@ async fn berth_figures() -> Figures {
 
     let api = t.group(&format!("{s}-api"))[0].name.clone();
     docker_ok(&["kill", &api]);
-    let start = Instant::now();
-    wait_for("killed api back", LIMIT, || async {
-        (http_get(&t.http, &domain, "/health").await.ok()?.0 == 200
-            && !t.group(&format!("{s}-api")).is_empty())
-        .then_some(())
-    })
-    .await;
-    f.recover = start.elapsed();
+    f.recover = recovery(&t.http, &domain).await;
 
     let (ok, failed) = under_load(
         &t.http,
@@ -121,8 +128,7 @@ async fn berth_figures() -> Figures {
     .await;
     f.update_ok = ok;
     f.update_failed = failed;
-    let _ = berth.kill();
-    let _ = berth.wait();
+    berth.kill();
     f
 }
 
@@ -223,9 +229,12 @@ async fn compose_figures() -> Figures {
     f.converge = start.elapsed();
 
     docker_ok(&["kill", &format!("{project}_api_1")]);
-    let start = Instant::now();
-    until_ok(&addr, "compose.test", "/health").await;
-    f.recover = start.elapsed();
+    f.recover = recovery(&addr, "compose.test").await;
+    if f.recover.is_none() {
+        // compose does not bring a killed container back: restart it by hand to go on.
+        compose(dir.path(), &project, &["up", "-d"]);
+        until_ok(&addr, "compose.test", "/health").await;
+    }
 
     let path = dir.path().to_path_buf();
     let (ok, failed) = under_load(
@@ -288,12 +297,21 @@ fn main() {
             c.converge.as_secs_f64(),
             ratio(b.converge.as_secs_f64(), c.converge.as_secs_f64())
         );
+        let secs = |d: Option<Duration>| {
+            d.map(|d| format!("{:.2}s", d.as_secs_f64()))
+                .unwrap_or_else(|| format!("never (>{}s)", RECOVER_LIMIT.as_secs()))
+        };
+        let recover_ratio = match (b.recover, c.recover) {
+            (Some(b), Some(c)) => ratio(b.as_secs_f64(), c.as_secs_f64()),
+            (Some(_), None) => "berth only".into(),
+            _ => "-".into(),
+        };
         println!(
-            "{:<44} {:>11.2}s {:>15.2}s {:>10}",
+            "{:<44} {:>12} {:>16} {:>10}",
             "time to recover a killed api container",
-            b.recover.as_secs_f64(),
-            c.recover.as_secs_f64(),
-            ratio(b.recover.as_secs_f64(), c.recover.as_secs_f64())
+            secs(b.recover),
+            secs(c.recover),
+            recover_ratio
         );
         println!(
             "{:<44} {:>12} {:>16} {:>10}",

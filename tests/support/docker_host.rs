@@ -307,9 +307,26 @@ spec:
     )
 }
 
+/// A `berth host run` process, killed when dropped (also when a test fails).
+pub struct Berth(pub std::process::Child);
+
+impl Berth {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `berth host run` of this crate's binary for a test host.
-pub fn spawn_berth(t: &TestHost) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
+pub fn spawn_berth(t: &TestHost) -> Berth {
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([
             "host",
             "run",
@@ -328,5 +345,6 @@ pub fn spawn_berth(t: &TestHost) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("cannot start berth")
+        .expect("cannot start berth");
+    Berth(child)
 }
