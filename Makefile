@@ -63,3 +63,46 @@ bench-autoscale:
 ## (BENCH_ROWS=... to scale; needs postgresql, zstd and GNU time).
 bench-backup:
 	$(CARGO) bench -p berth --bench backup_throughput
+## The Docker host demo: examples/demo/ on the local engine (README's first command).
+## `make demo` builds berth and the demo images when missing, starts `berth host run` in the
+## background (state, log and pid in .berth-demo/), waits until the stack is Ready, and prints
+## the URL and the status. `make demo-status`, `make demo-down` (VOLUMES=1 also drops the data).
+.PHONY: demo demo-status demo-down bench-docker
+DEMO_DIR ?= .berth-demo
+DEMO_BERTH ?= $(or $(CARGO_TARGET_DIR),target)/debug/berth
+DEMO_PORT ?= 8080
+DEMO_FLAGS = --state-dir $(DEMO_DIR)/state --instance berth-demo
+
+demo:
+	$(CARGO) build -p berth
+	tests/images/build.sh
+	@mkdir -p $(DEMO_DIR)
+	@if [ -f $(DEMO_DIR)/berth.pid ] && kill -0 $$(cat $(DEMO_DIR)/berth.pid) 2>/dev/null; then \
+	  echo "berth is already running (pid $$(cat $(DEMO_DIR)/berth.pid))"; \
+	else \
+	  nohup $(DEMO_BERTH) host run --manifests examples/demo $(DEMO_FLAGS) \
+	    --http-port 127.0.0.1:$(DEMO_PORT) --proxy-image berth-demo/nginx:latest \
+	    > $(DEMO_DIR)/berth.log 2>&1 & echo $$! > $(DEMO_DIR)/berth.pid; \
+	fi
+	@echo "waiting for the demo stack (log: $(DEMO_DIR)/berth.log) ..."
+	@for i in $$(seq 1 180); do \
+	  if $(DEMO_BERTH) host status $(DEMO_FLAGS) -o json | grep -q '"phase": "Ready"'; then break; fi; \
+	  if ! kill -0 $$(cat $(DEMO_DIR)/berth.pid) 2>/dev/null; then cat $(DEMO_DIR)/berth.log; exit 1; fi; \
+	  sleep 1; \
+	done
+	@$(DEMO_BERTH) host status $(DEMO_FLAGS)
+	@echo
+	@echo "The demo answers at http://demo.localhost:$(DEMO_PORT)/ (127.0.0.1:$(DEMO_PORT), Host: demo.localhost):"
+	@echo "  curl -H 'Host: demo.localhost' http://127.0.0.1:$(DEMO_PORT)/"
+
+demo-status:
+	@$(DEMO_BERTH) host status $(DEMO_FLAGS)
+
+demo-down:
+	-@if [ -f $(DEMO_DIR)/berth.pid ]; then kill $$(cat $(DEMO_DIR)/berth.pid) 2>/dev/null; rm -f $(DEMO_DIR)/berth.pid; fi
+	$(DEMO_BERTH) host down --manifests examples/demo $(DEMO_FLAGS) $(if $(VOLUMES),--volumes,)
+
+## berth vs docker compose on the same stack: converge time, recovery time, failed requests
+## during an image update under load. Prints the figures and their ratios.
+bench-docker:
+	$(CARGO) bench -p berth --bench docker_compose

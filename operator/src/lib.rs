@@ -9,6 +9,7 @@ pub mod autoscale;
 pub mod backup;
 pub mod cli;
 pub mod controller;
+pub mod docker;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;

@@ -2,6 +2,7 @@
 
 mod backup;
 mod crds;
+mod host;
 mod operator;
 mod queue;
 mod render;
@@ -34,6 +35,8 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// Back up, list and restore PostgreSQL databases (what a Backup's schedule runs).
     Backup(backup::BackupArgs),
+    /// Run the manifests of a folder on this Docker host (run, status, down).
+    Host(host::HostArgs),
 }
 
 /// Exit codes shared by all subcommands.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Operator(args) => operator::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Host(args) => host::run(args),
     };
     ExitCode::from(code)
 }
