@@ -133,8 +133,14 @@ impl<T: ScaleTarget> Driver<T> {
         match workers.get_mut(&entry.id) {
             Some(s) if s.entry == entry => return,
             Some(s) => {
+                let moved = s.entry.redis != entry.redis;
                 s.entry = entry;
                 s.next_due = now;
+                if moved {
+                    let used: Vec<RedisTarget> =
+                        workers.values().map(|s| s.entry.redis.clone()).collect();
+                    self.inner.pool.retain(&used);
+                }
             }
             None => {
                 workers.insert(

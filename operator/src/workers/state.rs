@@ -288,3 +288,64 @@ impl ScaleTarget for KubeTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Runtime {
+        Runtime {
+            namespace: "prod".into(),
+            name: "render".into(),
+            generation: Some(4),
+            deployment_replicas: 3,
+            observed_replicas: 3,
+            available_replicas: 3,
+            scaling: true,
+            desired: Some(3),
+            ..Runtime::default()
+        }
+    }
+
+    fn cond<'a>(
+        s: &'a WorkerStatus,
+        t: &str,
+    ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        s.conditions.iter().find(|c| c.type_ == t)
+    }
+
+    #[test]
+    fn status_from_runtime() {
+        let now = Timestamp::now();
+        let mut rt = runtime();
+        rt.queue = Some(Ok(14));
+        let s = rt.status(&WorkerStatus::default(), now);
+        assert_eq!(s.queue_depth, Some(14));
+        assert_eq!(s.selector.as_deref(), Some("berth.dev/worker=render"));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+        assert_eq!(cond(&s, "QueueReachable").unwrap().status, "True");
+
+        rt.queue = Some(Err(ProbeError::Unreachable(
+            "cannot connect to redis://:***@h:1".into(),
+        )));
+        let down = rt.status(&s, now);
+        let q = cond(&down, "QueueReachable").unwrap();
+        assert_eq!(
+            (q.status.as_str(), q.reason.as_str()),
+            ("False", "RedisUnreachable")
+        );
+        assert!(q.message.contains("held"));
+        assert_eq!(down.queue_depth, None);
+        assert_eq!(down.desired_replicas, Some(3));
+
+        rt.available_replicas = 1;
+        rt.desired = Some(5);
+        let starting = rt.status(&down, now);
+        assert_eq!(
+            cond(&starting, "Ready").unwrap().reason,
+            "ReplicasUnavailable"
+        );
+        assert!(differs_beyond_depth(&down, &starting));
+    }
+}
