@@ -200,7 +200,8 @@ pub enum OnQueueUnavailable {
     /// Keep the current replica count (`hold`).
     #[default]
     Hold,
-    /// Run exactly this many replicas until the queue can be read again.
+    /// Run at least this many replicas until the queue can be read again: raises the count to
+    /// N, never lowers it (a failed read never removes replicas that may still be working).
     Fixed(i32),
 }
 
