@@ -132,6 +132,12 @@ async fn berth_figures() -> Figures {
     let api = t.group(&format!("{s}-api"))[0].name.clone();
     docker_ok(&["kill", &api]);
     f.recover = recovery(&t.http, &domain).await;
+    // The update is measured from a converged stack.
+    wait_for("Ready again", LIMIT, || async {
+        (t.phase(&s)? == "Ready" && t.group(&format!("{s}-api")).iter().all(|c| c.healthy()))
+            .then_some(())
+    })
+    .await;
 
     let (ok, failed) = under_load(
         &t.http,

@@ -224,9 +224,11 @@ impl Host {
     /// One reconcile pass.
     pub async fn pass(&self) -> Result<PassReport, HostError> {
         let mut report = PassReport::default();
+        // Snapshot what is being stopped before listing: a replica whose removal finishes in
+        // between is then either not listed or still known as stopping.
+        let stopping: HashSet<String> = self.stopping().into_iter().collect();
         let containers = self.engine.containers().await?;
         let desired = self.desired(&containers)?;
-        let stopping: HashSet<String> = self.stopping().into_iter().collect();
         let protected: HashSet<String> = desired.errors.iter().map(|e| e.key.label()).collect();
 
         // Networks and volumes first: containers need them.
