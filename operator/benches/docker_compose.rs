@@ -81,8 +81,17 @@ where
                     "/health"
                 };
                 match http_get(&addr, &domain, path).await {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                    Ok((200, _)) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        if failed.fetch_add(1, Ordering::SeqCst) < 3 {
+                            eprintln!(
+                                "failed request: {:?}",
+                                other.map(|(c, b)| (c, b.chars().take(80).collect::<String>()))
+                            );
+                        }
+                    }
                 };
             }
         }));
@@ -103,23 +112,37 @@ where
     (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
 }
 
+/// The test stack without its rate limit: the compose side has none either.
+fn berth_stack(name: &str, image: &str) -> String {
+    stack_yaml(name, image, 1, true).replace(
+        "    routes:\n      - {path: /, rateLimit: {requestsPerSecond: 1000, burst: 1000}}\n",
+        "",
+    )
+}
+
 async fn berth_figures() -> Figures {
     let t = TestHost::new("bb");
     let s = format!("{}s", t.instance);
     let domain = format!("{s}.test");
     let mut f = Figures::default();
-    t.write("stack.yaml", &stack_yaml(&s, demo_images::API, 1, true));
+    t.write("stack.yaml", &berth_stack(&s, demo_images::API));
     let mut berth = spawn_berth(&t);
     f.converge = until_ok(&t.http, &domain, "/").await;
 
     let api = t.group(&format!("{s}-api"))[0].name.clone();
     docker_ok(&["kill", &api]);
     f.recover = recovery(&t.http, &domain).await;
+    // The update is measured from a converged stack.
+    wait_for("Ready again", LIMIT, || async {
+        (t.phase(&s)? == "Ready" && t.group(&format!("{s}-api")).iter().all(|c| c.healthy()))
+            .then_some(())
+    })
+    .await;
 
     let (ok, failed) = under_load(
         &t.http,
         &domain,
-        || async { t.write("stack.yaml", &stack_yaml(&s, demo_images::API_V2, 1, true)) },
+        || async { t.write("stack.yaml", &berth_stack(&s, demo_images::API_V2)) },
         || async {
             let g = t.group(&format!("{s}-api"));
             g.len() == 1 && g[0].image == demo_images::API_V2 && g[0].healthy()

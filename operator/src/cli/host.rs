@@ -295,7 +295,7 @@ async fn down(a: DownArgs) -> u8 {
         https: None,
         proxy_image: String::new(),
     };
-    let host = match Host::new(opts).await {
+    let host = match Host::unlocked(opts).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth host down: {e}");

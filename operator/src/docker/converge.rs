@@ -135,6 +135,7 @@ pub fn decide(spec: &GroupSpec, observed: &[Replica], blocked_by: &[String]) -> 
         }
     }
     let rollout_failing = !old_ready.is_empty();
+    let mut failing_kept = false;
     let mut alive: Vec<&Replica> = Vec::new();
     for r in &cur {
         match r.health {
@@ -147,6 +148,7 @@ pub fn decide(spec: &GroupSpec, observed: &[Replica], blocked_by: &[String]) -> 
                     "new replica {} ({}) does not become healthy; the previous version keeps serving",
                     r.name, r.image
                 ));
+                failing_kept = true;
                 alive.push(r);
             }
             Health::Unhealthy => {
@@ -228,6 +230,11 @@ pub fn decide(spec: &GroupSpec, observed: &[Replica], blocked_by: &[String]) -> 
         || pending
         || d.waiting.is_some()
         || old_count > 0;
+    if failing_kept {
+        // Stuck until the spec changes: not progressing (like a rollout past its deadline),
+        // so the loop goes back to waiting for events.
+        d.progressing = !d.create.is_empty() || !d.remove.is_empty();
+    }
     d
 }
 
@@ -334,6 +341,7 @@ mod tests {
         assert!(d.create.is_empty());
         assert!(d.remove.is_empty());
         assert_eq!(d.serving, vec!["s-api-1"]);
+        assert!(!d.progressing);
         assert!(d.degraded.unwrap().contains("does not become healthy"));
     }
 

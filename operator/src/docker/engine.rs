@@ -307,9 +307,11 @@ impl Engine {
             .docker
             .remove_container(
                 name,
+                // `v`: the container's anonymous volumes (an image's VOLUME without a named
+                // mount, e.g. redis without storage); named volumes are never removed here.
                 Some(RemoveContainerOptions {
                     force: true,
-                    v: false,
+                    v: true,
                     link: false,
                 }),
             )

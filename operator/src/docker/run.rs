@@ -134,6 +134,8 @@ pub struct Host {
     proxy_dirty: std::sync::atomic::AtomicBool,
     wake_tx: mpsc::UnboundedSender<()>,
     wake_rx: Option<mpsc::UnboundedReceiver<()>>,
+    /// The state directory's lock, held by a reconciling host.
+    _lock: Option<std::fs::File>,
 }
 
 fn proxy_name(instance: &str) -> String {
@@ -141,7 +143,15 @@ fn proxy_name(instance: &str) -> String {
 }
 
 impl Host {
+    /// A host that reconciles: holds the state directory's lock.
     pub async fn new(opts: HostOptions) -> Result<Host, HostError> {
+        let mut host = Host::unlocked(opts).await?;
+        host._lock = Some(host.state.lock()?);
+        Ok(host)
+    }
+
+    /// A host for `down` (which may run while a stopping `run` still holds the lock).
+    pub async fn unlocked(opts: HostOptions) -> Result<Host, HostError> {
         let engine = Engine::open(&opts.instance).await?;
         let state = StateDir::open(&opts.state_dir)?;
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
@@ -155,6 +165,7 @@ impl Host {
             proxy_dirty: Default::default(),
             wake_tx,
             wake_rx: Some(wake_rx),
+            _lock: None,
         })
     }
 
@@ -213,9 +224,11 @@ impl Host {
     /// One reconcile pass.
     pub async fn pass(&self) -> Result<PassReport, HostError> {
         let mut report = PassReport::default();
+        // Snapshot what is being stopped before listing: a replica whose removal finishes in
+        // between is then either not listed or still known as stopping.
+        let stopping: HashSet<String> = self.stopping().into_iter().collect();
         let containers = self.engine.containers().await?;
         let desired = self.desired(&containers)?;
-        let stopping: HashSet<String> = self.stopping().into_iter().collect();
         let protected: HashSet<String> = desired.errors.iter().map(|e| e.key.label()).collect();
 
         // Networks and volumes first: containers need them.

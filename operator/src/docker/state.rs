@@ -29,6 +29,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("another `berth host run` uses the state directory {path} (it holds {path}/lock): stop it first, or give this one its own --state-dir")]
+    Busy { path: PathBuf },
     #[error("{path}: not valid JSON ({message}); restore it from a backup or remove it (a removed credentials file means new credentials, which an existing database will refuse)")]
     Corrupt { path: PathBuf, message: String },
 }
@@ -61,6 +63,25 @@ impl StateDir {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         Ok(s)
+    }
+
+    /// Takes the directory's lock for as long as the returned file lives: one reconciler per
+    /// state directory (two would generate two sets of credentials).
+    pub fn lock(&self) -> Result<std::fs::File, StateError> {
+        let path = self.root.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Busy {
+                path: self.root.clone(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        }
     }
 
     pub fn secrets_dir(&self) -> PathBuf {
@@ -165,5 +186,15 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn one_reconciler_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let held = s.lock().unwrap();
+        assert!(matches!(s.lock(), Err(StateError::Busy { .. })));
+        drop(held);
+        s.lock().unwrap();
     }
 }
