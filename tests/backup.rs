@@ -272,14 +272,19 @@ async fn server_killed_mid_dump_keeps_old_backups() {
     pg.kill();
     let err = task.await.unwrap().unwrap_err();
     let text = err.to_string();
+    let BackupError::Discarded { source, .. } = &err else {
+        panic!("{err:?}");
+    };
     assert!(
         matches!(
-            err,
+            **source,
             BackupError::Tool { .. } | BackupError::Connection { .. }
         ),
         "{err:?}"
     );
-    assert!(text.contains("pg_dump"), "{text}");
+    assert!(text.contains("pg_dump failed"), "{text}");
+    assert!(text.contains("server closed the connection"), "{text}");
+    assert!(text.contains("no backup was recorded"), "{text}");
     assert!(!text.contains(postgres::PASSWORD), "{text}");
     assert_eq!(listed(&dir).await, before, "no new backup, old ones intact");
     assert_eq!(files_in(&dir), files_before, "no partial file left behind");
