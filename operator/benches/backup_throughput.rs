@@ -1,7 +1,7 @@
 //! `make bench-backup`: throughput of `berth backup run` on a database of about 1 GB next to
 //! `pg_dump | zstd > file` in the same run, and berth's peak memory.
 //!
-//! Env: BENCH_ROWS (default 8,000,000 rows ≈ 1 GB on disk). Needs PostgreSQL (server and
+//! Env: BENCH_ROWS (default 3,600,000 rows ≈ 1 GB on disk). Needs PostgreSQL (server and
 //! client), zstd and /usr/bin/time (GNU time), all installed by .ci/run.
 
 #[path = "../../tests/support/postgres.rs"]
@@ -62,7 +62,7 @@ fn main() {
     let rows: u64 = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8_000_000);
+        .unwrap_or(3_600_000);
     let pg = postgres::PgServer::start();
     pg.sql("postgres", "CREATE DATABASE bench");
     let t = Instant::now();

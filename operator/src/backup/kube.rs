@@ -10,6 +10,7 @@
 //! backups is shortened (newest first) to fit.
 
 pub mod controller;
+pub use controller::{run, Metrics};
 #[cfg(test)]
 mod tests;
 

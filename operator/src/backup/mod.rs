@@ -81,6 +81,11 @@ pub enum BackupError {
     Verify { name: String, detail: String },
     #[error("invalid retention: {0}")]
     Retention(String),
+    #[error("{source}; the partial dump {name} was discarded and no backup was recorded")]
+    Discarded {
+        name: String,
+        source: Box<BackupError>,
+    },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] ::kube::Error),
     #[error("Docker error: {0}")]
@@ -94,6 +99,7 @@ impl BackupError {
     /// refused the credentials, 4 for a refused restore, 2 for bad arguments, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            BackupError::Discarded { source, .. } => source.exit_code(),
             BackupError::Authentication { .. } | BackupError::Connection { .. } => 3,
             BackupError::NotEmpty { .. } | BackupError::NotConfirmed => 4,
             BackupError::InvalidUrl { .. }

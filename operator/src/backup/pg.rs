@@ -270,9 +270,20 @@ pub async fn read_stderr(mut err: ChildStderr) -> String {
 
 /// The last few non-empty lines of a program's error output, on one line.
 fn last_lines(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(3);
-    let s = lines[start..].join(" / ");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // The tools' own error lines say what went wrong; the rest is context.
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("error:") || l.contains("FATAL:"))
+        .collect();
+    let chosen = if errors.is_empty() { &lines } else { &errors };
+    let start = chosen.len().saturating_sub(3);
+    let s = chosen[start..].join(" / ");
     if s.is_empty() {
         "no error output".into()
     } else {

@@ -136,7 +136,10 @@ where
     let copied = stream::compress_into(src, compression, &mut writer).await;
     let produced = producer.await;
     let result = match (produced, copied) {
-        (Err(e), _) => Err(e),
+        (Err(e), _) => Err(BackupError::Discarded {
+            name: name.to_string(),
+            source: Box::new(e),
+        }),
         (Ok(()), Err(e)) => Err(BackupError::Io {
             doing: format!("writing {name} to {}", store.display()),
             source: e,
