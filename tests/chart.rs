@@ -219,11 +219,14 @@ fn cluster_role_is_least_privilege() {
         // Generated credentials are created once and never patched or deleted; user Secrets
         // are only read.
         ("", "secrets", &["get", "list", "watch", "create"]),
-        ("", "persistentvolumeclaims", &["get"]),
+        ("", "persistentvolumeclaims", &["get", "create", "patch"]),
+        // The backup pods' termination reports (status.backups); never exec, never delete.
+        ("", "pods", &["get", "list"]),
         ("networking.k8s.io", "ingresses", &managed),
         ("networking.k8s.io", "networkpolicies", &managed),
         ("batch", "cronjobs", &managed),
-        ("batch", "jobs", &["get", "list", "watch"]),
+        // backup-now starts a Job at once; finished Jobs are left to the CronJob's history limits.
+        ("batch", "jobs", &["get", "list", "watch", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ];
     let expected: BTreeMap<(String, String), BTreeSet<String>> = expected

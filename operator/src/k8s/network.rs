@@ -205,14 +205,17 @@ fn peer(owner: &Owner, p: &Peer, opts: &IngressOptions) -> NetworkPolicyPeer {
             }),
             ..NetworkPolicyPeer::default()
         },
-        Peer::Kind(kind) => NetworkPolicyPeer {
+        Peer::Kind(_) | Peer::Backup => NetworkPolicyPeer {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(
                     [
                         (STACK_LABEL.to_string(), owner.stack.clone()),
                         (
                             "app.kubernetes.io/component".to_string(),
-                            kind.as_str().to_string(),
+                            match p {
+                                Peer::Kind(kind) => kind.as_str().to_string(),
+                                _ => "backup".to_string(),
+                            },
                         ),
                     ]
                     .into(),

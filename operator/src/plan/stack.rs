@@ -77,11 +77,12 @@ pub fn plan_spec(
         let scheme = if e.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", e.domain)
     });
+    let children = children(stack, spec)?;
     Ok(StackPlan {
         stack: stack.to_string(),
-        network: network_rules(&components),
+        network: network_rules(&components, children.backup.is_some()),
         secrets: wiring::generated_secrets(stack, spec),
-        children: children(stack, spec)?,
+        children,
         exposure,
         url,
         components,
@@ -372,8 +373,9 @@ fn service(stack: &str, s: &ServiceSpec, urls: &StackUrls) -> Component {
 }
 
 /// Deny by default; the proxy reaches the api; api, workers and services reach the database,
-/// the cache and the services; nothing reaches the workers.
-pub fn network_rules(components: &[Component]) -> Vec<NetworkRule> {
+/// the cache and the services; the stack's backup jobs reach the database (and only it) when
+/// the stack has a backup; nothing reaches the workers.
+pub fn network_rules(components: &[Component], has_backup: bool) -> Vec<NetworkRule> {
     let insiders = vec![
         Peer::Kind(ComponentKind::Api),
         Peer::Kind(ComponentKind::Worker),
@@ -385,6 +387,11 @@ pub fn network_rules(components: &[Component]) -> Vec<NetworkRule> {
             let port = c.port.as_ref()?.number;
             let from = match c.kind {
                 ComponentKind::Api => vec![Peer::Proxy],
+                ComponentKind::Postgres if has_backup => {
+                    let mut from = insiders.clone();
+                    from.push(Peer::Backup);
+                    from
+                }
                 ComponentKind::Postgres | ComponentKind::Redis | ComponentKind::Service => {
                     insiders.clone()
                 }

@@ -371,19 +371,28 @@ fn network_rules() {
         .iter()
         .map(|r| (r.to.as_str(), r.port, r.from.clone()))
         .collect();
+    let mut with_backup = insiders.clone();
+    with_backup.push(Peer::Backup);
     assert_eq!(
         got,
         vec![
             ("api", 3000, vec![Peer::Proxy]),
-            ("postgres", 5432, insiders.clone()),
+            // vidgen has nightly backups: their pods reach the database, and only it.
+            ("postgres", 5432, with_backup),
             ("redis", 6379, insiders.clone()),
             ("qdrant", 6333, insiders),
         ]
     );
-    // The proxy reaches the api and nothing else.
+    // The proxy reaches the api and nothing else; backups reach only the database.
     for r in &p.network {
         assert_eq!(r.from.contains(&Peer::Proxy), r.to == "api", "{r:?}");
+        assert_eq!(r.from.contains(&Peer::Backup), r.to == "postgres", "{r:?}");
     }
+    // Without a backup, nothing but api, workers and services reaches the database.
+    let mut stack = vidgen();
+    stack.spec.backup = None;
+    let p = plan(&stack);
+    assert!(p.network.iter().all(|r| !r.from.contains(&Peer::Backup)));
 }
 
 #[test]

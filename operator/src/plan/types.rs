@@ -293,6 +293,8 @@ pub enum Peer {
     Proxy,
     /// Every component of this kind in the stack (workers included, whoever runs them).
     Kind(ComponentKind),
+    /// The pods of the stack's scheduled backups (`app.kubernetes.io/component: backup`).
+    Backup,
 }
 
 /// berth objects owned by the stack.

@@ -303,11 +303,16 @@ fn network_policies_deny_by_default() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(kinds, ["api", "worker", "service"]);
+    // The nightly backup's pods (labelled by backup::kube) reach the database, nothing else.
+    assert_eq!(kinds, ["api", "worker", "service", "backup"]);
     assert_eq!(
         v[2]["spec"]["podSelector"]["matchLabels"]["berth.dev/component"],
         "postgres"
     );
+    for p in &v[3..] {
+        let from = p["spec"]["ingress"][0]["from"].to_string();
+        assert!(!from.contains("\"backup\""), "{from}");
+    }
 }
 
 #[test]
