@@ -43,6 +43,7 @@ async fn client() -> Option<Client> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{ENV}={path}: {e}"));
+    berth::tls::install_default_provider();
     Some(Client::try_from(config).expect("a client from the kubeconfig"))
 }
 

@@ -13,4 +13,5 @@ pub mod docker;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;
+pub mod tls;
 pub mod workers;

@@ -151,6 +151,8 @@ impl Conn {
             match slot.as_ref() {
                 Some(c) => c.clone(),
                 None => {
+                    // rediss:// relies on the process-wide rustls provider.
+                    crate::tls::install_default_provider();
                     let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
                         .set_response_timeout(Some(RESPONSE_TIMEOUT));
