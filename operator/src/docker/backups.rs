@@ -107,8 +107,8 @@ fn write_status(state: &StateDir, name: &str, s: &BackupStatus) {
     }
 }
 
-/// The PostgreSQL container of `stack` on this host (replica 0 of its postgres group).
-fn postgres_container(desired: &DesiredHost, stack: &str) -> Option<String> {
+/// The replica group of `stack`'s PostgreSQL on this host.
+fn postgres_group(desired: &DesiredHost, stack: &str) -> Option<String> {
     desired
         .groups()
         .find(|g| {
@@ -116,7 +116,7 @@ fn postgres_container(desired: &DesiredHost, stack: &str) -> Option<String> {
                 && g.object.name == stack
                 && g.component.kind == ComponentKind::Postgres
         })
-        .map(|g| g.container_name(0))
+        .map(|g| g.name().to_string())
 }
 
 #[derive(Default)]
@@ -280,10 +280,25 @@ impl BackupHook {
                     .into(),
             ));
         };
-        let container = postgres_container(ctx.desired, stack).ok_or_else(|| {
+        let group = postgres_group(ctx.desired, stack).ok_or_else(|| {
             BackupError::Other(format!(
                 "AppStack {stack} with a postgres component is not on this host \
                  (add it to the manifests, or fix database.appStackRef)"
+            ))
+        })?;
+        // Its container (a running one first); the runner says so when it is not running.
+        let mut replicas: Vec<_> = ctx
+            .engine
+            .containers()
+            .await
+            .map_err(|e| BackupError::Docker(e.to_string()))?
+            .into_iter()
+            .filter(|c| c.label(labels::GROUP) == Some(group.as_str()))
+            .collect();
+        replicas.sort_by_key(|c| (c.state != "running", c.name.clone()));
+        let container = replicas.first().map(|c| c.name.clone()).ok_or_else(|| {
+            BackupError::Other(format!(
+                "the PostgreSQL of AppStack {stack} has no container yet (it is being created)"
             ))
         })?;
         let destination = match (&spec.destination.volume, &spec.destination.s3) {
