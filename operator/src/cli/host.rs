@@ -290,7 +290,11 @@ pub fn table(all: &[ObjectStatus]) -> String {
             s.kind,
             s.name,
             phase,
-            format!("{r}/{d}"),
+            if s.kind == backups::KIND {
+                "-".to_string()
+            } else {
+                format!("{r}/{d}")
+            },
             message
         ));
     }

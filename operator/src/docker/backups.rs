@@ -372,3 +372,63 @@ impl HostHook for BackupHook {
         Some(Instant::now() + wait)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCS: &str = "apiVersion: berth.dev/v1alpha1
+kind: AppStack
+metadata: {name: shop}
+spec:
+  api: {image: a:1, port: 8080}
+  postgres: {}
+  backup: {schedule: \"0 2 * * *\", timeZone: Europe/Berlin, retention: {keepLast: 7}}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Backup
+metadata: {name: shop}
+spec:
+  schedule: \"0 5 * * *\"
+  database: {appStackRef: shop}
+  destination: {volume: {size: 1Gi}}
+  retention: {keepLast: 1}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Backup
+metadata: {name: hourly}
+spec:
+  schedule: \"0 * * * *\"
+  database: {appStackRef: shop}
+  destination: {volume: {size: 1Gi}}
+  retention: {keepLast: 24}
+";
+
+    #[test]
+    fn stack_children_and_standalone_backups() {
+        let docs = manifest::parse_documents(Path::new("m.yaml"), DOCS);
+        let b = host_backups(&docs);
+        assert_eq!(b.keys().collect::<Vec<_>>(), ["hourly", "shop"]);
+        // The stack's child wins over a Backup manifest of the same name.
+        assert_eq!(b["shop"].spec.schedule, "0 2 * * *");
+        assert_eq!(b["shop"].spec.time_zone, "Europe/Berlin");
+        assert_eq!(
+            b["shop"].spec.database.app_stack_ref.as_deref(),
+            Some("shop")
+        );
+        assert!(b["shop"].spec.destination.volume.is_some());
+        assert_eq!(b["hourly"].spec.retention.keep_last, Some(24));
+    }
+
+    #[test]
+    fn folder_and_volume_names() {
+        let state = StateDir {
+            root: PathBuf::from("/var/lib/berth"),
+        };
+        assert_eq!(
+            backup_folder(&state, "shop"),
+            PathBuf::from("/var/lib/berth/backups/shop")
+        );
+        assert_eq!(volume_name("berth", "shop"), "berth-backup-shop");
+    }
+}
