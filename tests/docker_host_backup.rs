@@ -53,8 +53,10 @@ async fn host_scheduler_fires_a_stack_backup_when_due() {
         stack_yaml(&s, demo_images::API, 1, true)
     );
     t.write("stack.yaml", &yaml);
+    // Sub-seconds on purpose: firing times stay whole minutes.
     let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2026, 11, 22, 2, 29, 30).unwrap(),
+        Utc.with_ymd_and_hms(2026, 11, 22, 2, 29, 30).unwrap()
+            + chrono::Duration::milliseconds(250),
     ));
     let hook = Arc::new(BackupHook::new(
         t.manifests.path(),
@@ -111,7 +113,7 @@ async fn host_scheduler_fires_a_stack_backup_when_due() {
     let ready = &st["conditions"].as_array().unwrap()[0];
     assert_eq!(ready["type"], "Ready", "{st}");
     assert_eq!(ready["status"], "True", "{st}");
-    assert!(st["lastScheduleTime"].as_str().is_some(), "{st}");
+    assert_eq!(st["lastScheduleTime"], "2026-11-22T02:30:00Z", "{st}");
     assert!(st["lastSuccessfulTime"].as_str().is_some(), "{st}");
     let last = &st["lastBackup"];
     let file = last["name"].as_str().unwrap().to_string();

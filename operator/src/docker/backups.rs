@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bollard::models::VolumeCreateRequest;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc;
@@ -229,7 +229,12 @@ impl BackupHook {
             }
             due
         };
-        for d in due {
+        for mut d in due {
+            // Firing times are whole minutes (the cron library carries `now`'s sub-seconds over).
+            d.scheduled_for = d
+                .scheduled_for
+                .with_nanosecond(0)
+                .unwrap_or(d.scheduled_for);
             let Some(backup) = backups.get(&d.name).cloned() else {
                 continue;
             };
