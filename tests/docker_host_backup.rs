@@ -206,9 +206,9 @@ async fn host_scheduler_fires_a_stack_backup_when_due() {
 }
 
 /// A Backup manifest whose stack is not on the host: each due run fails with a reason that says
-/// what to fix, and no file is written.
+/// what to fix, and no file is written. After a restart, missed firing times run once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_of_a_missing_stack_fails_clearly() {
+async fn missing_stack_fails_clearly_and_a_restart_catches_up_once() {
     let t = TestHost::new("hbm");
     let name = format!("{}b", t.instance);
     t.write(
@@ -254,4 +254,29 @@ spec:
     assert!(st["lastBackup"].is_null(), "{st}");
     let folder = backup_folder(&StateDir::open(t.state.path()).unwrap(), &name);
     assert!(!folder.exists() || std::fs::read_dir(&folder).unwrap().next().is_none());
+    assert_eq!(st["lastScheduleTime"], "2026-11-22T10:05:00Z", "{st}");
+
+    // berth restarts at 10:31 (a new hook): the firing times missed since the stored
+    // lastScheduleTime (10:10 ... 10:30) cause one catch-up run, not five.
+    drop(host);
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 11, 22, 10, 31, 0).unwrap(),
+    ));
+    let hook = Arc::new(BackupHook::new(
+        t.manifests.path(),
+        &t.instance,
+        clock.clone(),
+        None,
+    ));
+    let host = t.host().await.with_hook(hook.clone());
+    host.pass().await.unwrap();
+    wait_for("the catch-up run to end", RUN, || async {
+        (hook.finished_runs() == 1 && hook.running().is_empty()).then_some(())
+    })
+    .await;
+    host.pass().await.unwrap();
+    host.pass().await.unwrap();
+    assert_eq!(hook.finished_runs(), 1, "one catch-up run");
+    let st = t.status("Backup", &name).unwrap();
+    assert_eq!(st["lastScheduleTime"], "2026-11-22T10:10:00Z", "{st}");
 }
