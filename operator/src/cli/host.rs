@@ -1,9 +1,12 @@
 //! `berth host run|status|down`: the manifests of a folder, on this Docker host.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::backup::host::SystemClock;
+use crate::docker::backups::{self, BackupHook};
 use crate::docker::desired::{Kind, ObjectKey};
 use crate::docker::run::{Host, HostOptions};
 use crate::docker::state::{StateDir, DEFAULT_STATE_DIR};
@@ -133,6 +136,13 @@ async fn run_host(a: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let backups = BackupHook::new(
+        &host.opts.manifests,
+        &host.opts.instance,
+        Arc::new(SystemClock),
+        Some(host.waker()),
+    );
+    host = host.with_hook(Arc::new(backups));
     if a.once {
         return match host.pass().await {
             Ok(r) if !r.progressing => exit::OK,
@@ -200,10 +210,12 @@ fn show_status(a: StatusArgs) -> u8 {
             }
             wanted.push(ObjectKey { kind, name });
         }
+        let backup_names = backups::host_backups(&docs);
         all.retain(|s| {
             wanted
                 .iter()
                 .any(|k| k.kind.as_str() == s.kind && k.name == s.name)
+                || (s.kind == backups::KIND && backup_names.contains_key(&s.name))
         });
     }
     match a.output {
@@ -278,7 +290,11 @@ pub fn table(all: &[ObjectStatus]) -> String {
             s.kind,
             s.name,
             phase,
-            format!("{r}/{d}"),
+            if s.kind == backups::KIND {
+                "-".to_string()
+            } else {
+                format!("{r}/{d}")
+            },
             message
         ));
     }

@@ -181,6 +181,11 @@ impl Host {
         self
     }
 
+    /// A handle that wakes the run loop for a pass (hooks whose background work ended).
+    pub fn waker(&self) -> mpsc::UnboundedSender<()> {
+        self.wake_tx.clone()
+    }
+
     /// Containers being stopped in the background.
     pub fn stopping(&self) -> Vec<String> {
         self.stopping
@@ -648,7 +653,10 @@ impl Host {
             report.summaries.insert(e.key.clone(), s);
         }
         for old in status::read_all(&self.state) {
-            if !keep.contains(&(old.kind.clone(), old.name.clone())) {
+            // Backup statuses belong to the backup hook (`docker::backups`).
+            if old.kind != super::backups::KIND
+                && !keep.contains(&(old.kind.clone(), old.name.clone()))
+            {
                 status::remove(&self.state, &old.kind, &old.name);
             }
         }
