@@ -8,7 +8,7 @@
 //! ```text
 //! let due = scheduler.due(clock.now(), &backups);          // names whose time has come
 //! for d in due {
-//!     let job = HostJob::from_spec(&name, &spec, format!("{stack}-postgres-0"), folder)?;
+//!     let job = HostJob::from_spec(&name, &spec, format!("{stack}-postgres-1"), folder)?;
 //!     let result = run_in_container(&docker, &job).await;  // may take minutes: spawn it
 //!     scheduler.finished(&d.name, clock.now());
 //!     status = host::record(&backup, previous, d.scheduled_for, clock.now(), &result);
@@ -196,7 +196,7 @@ impl Scheduler {
 /// One backup of a stack's in-container PostgreSQL into a host folder (or S3).
 #[derive(Clone, Debug)]
 pub struct HostJob {
-    /// The PostgreSQL container, `<stack>-postgres-0`; its env gives `POSTGRES_USER`,
+    /// The PostgreSQL container, `<stack>-postgres-1` on a Docker host; its env gives `POSTGRES_USER`,
     /// `POSTGRES_DB` and `POSTGRES_PASSWORD`.
     pub container: String,
     /// A host folder (the backup volume's mountpoint or a bind folder) or `s3://bucket/prefix`.
