@@ -152,6 +152,11 @@ pub fn private_network(stack: &str) -> String {
 pub fn edge_network(stack: &str) -> String {
     format!("{stack}-edge")
 }
+/// The network that gives a stack's api, workers and services a route out of the host (an
+/// external database or Redis, third-party APIs). PostgreSQL and Redis are never on it.
+pub fn egress_network(stack: &str) -> String {
+    format!("{stack}-egress")
+}
 /// A standalone Worker's own network (it needs a route out to reach its Redis).
 pub fn worker_network(worker: &str) -> String {
     format!("{worker}-net")
@@ -256,10 +261,17 @@ fn stack_object(
     };
     let private = private_network(&name);
     let edge = edge_network(&name);
-    let mut networks = vec![DesiredNetwork {
-        name: private.clone(),
-        internal: true,
-    }];
+    let egress = egress_network(&name);
+    let mut networks = vec![
+        DesiredNetwork {
+            name: private.clone(),
+            internal: true,
+        },
+        DesiredNetwork {
+            name: egress.clone(),
+            internal: false,
+        },
+    ];
     if plan.exposure.is_some() {
         networks.push(DesiredNetwork {
             name: edge.clone(),
@@ -270,6 +282,9 @@ fn stack_object(
     let mut volumes = Vec::new();
     for c in &plan.components {
         let mut nets = vec![(private.clone(), vec![c.host.clone()])];
+        if matches!(c.kind, ComponentKind::Api | ComponentKind::Service) {
+            nets.push((egress.clone(), vec![]));
+        }
         if c.kind == ComponentKind::Api && plan.exposure.is_some() {
             nets.push((edge.clone(), vec![]));
         }
@@ -345,6 +360,8 @@ fn push_worker(
         }
         let c = wp.component;
         let (network, own) = match &wp.stack {
+            // A stack's worker reaches the stack's database and cache on the private network
+            // and the outside (an external Redis, APIs) through the stack's egress network.
             Some(s) => (private_network(s), None),
             None => {
                 let n = worker_network(&name);
@@ -363,7 +380,10 @@ fn push_worker(
             stack: stack_name.clone(),
             env: resolve_env(&c, generated, user_secrets)?,
             replicas: c.replicas,
-            networks: vec![(network, vec![])],
+            networks: match &wp.stack {
+                Some(s) => vec![(network, vec![]), (egress_network(s), vec![])],
+                None => vec![(network, vec![])],
+            },
             volume: None,
             waits_for: waits_for(&stack_name, &c),
             recreate: false,

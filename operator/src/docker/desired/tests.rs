@@ -63,9 +63,10 @@ fn a_stack_and_its_worker() {
         .env
         .iter()
         .any(|e| e.starts_with("DATABASE_URL=postgres://berth:")));
-    // The api is on the private network (as shop-api) and on the edge network with the proxy.
+    // The api is on the private network (as shop-api), on the egress network (a route out,
+    // e.g. to an external database) and on the edge network with the proxy.
     let nets: Vec<_> = api.networks.iter().map(|n| n.0.as_str()).collect();
-    assert_eq!(nets, ["shop-private", "shop-edge"]);
+    assert_eq!(nets, ["shop-private", "shop-egress", "shop-edge"]);
     let pg = h.groups().nth(1).unwrap();
     assert!(pg.recreate);
     assert_eq!(
@@ -85,9 +86,19 @@ fn a_stack_and_its_worker() {
     assert_eq!(worker.object.label(), "worker/shop-render");
     assert_eq!(worker.container_name(2), "shop-render-2");
     assert_eq!(worker.replicas, 1);
+    let wnets: Vec<_> = worker.networks.iter().map(|n| n.0.as_str()).collect();
+    assert_eq!(wnets, ["shop-private", "shop-egress"]);
     let nets = networks(&h);
     assert!(nets["shop-private"].0.internal);
     assert!(!nets["shop-edge"].0.internal);
+    assert!(!nets["shop-egress"].0.internal);
+    // Only the private network carries the database and the cache.
+    for g in h.groups() {
+        let on: Vec<_> = g.networks.iter().map(|n| n.0.as_str()).collect();
+        if g.name().ends_with("postgres") || g.name().ends_with("redis") {
+            assert_eq!(on, ["shop-private"], "{}", g.name());
+        }
+    }
 }
 
 #[test]
