@@ -126,7 +126,7 @@ async fn run_host(a: RunArgs) -> u8 {
         https: a.https_port,
         proxy_image: a.proxy_image,
     };
-    let mut host = match Host::new(opts).await {
+    let host = match Host::new(opts).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth host run: {e}");
@@ -143,6 +143,10 @@ async fn run_host(a: RunArgs) -> u8 {
             }
         };
     }
+    // Workers with `scaling`: the autoscale engine decides their replica counts.
+    let scaling = tokio_util::sync::CancellationToken::new();
+    let mut host = crate::docker::autoscale::HostScaler::attach(host, scaling.clone());
+    let _stop_scaling = scaling.drop_guard();
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -170,6 +170,11 @@ impl Host {
         self
     }
 
+    /// Wakes the reconcile loop for a pass (the autoscaler, when a desired count changes).
+    pub fn waker(&self) -> mpsc::UnboundedSender<()> {
+        self.wake_tx.clone()
+    }
+
     /// Containers being stopped in the background.
     pub fn stopping(&self) -> Vec<String> {
         self.stopping
