@@ -73,6 +73,19 @@ struct Scaled {
     unreachable: Option<(String, String)>,
     polled: bool,
     last_scale_time: Option<Time>,
+    /// When `QueueReachable` last changed (kept here: every pass rewrites the status).
+    reachable_since: Option<(bool, Time)>,
+}
+
+impl Scaled {
+    fn set_unreachable(&mut self, now: Option<(String, String)>) {
+        self.polled = true;
+        let ok = now.is_none();
+        if self.reachable_since.as_ref().map(|r| r.0) != Some(ok) {
+            self.reachable_since = Some((ok, Time(k8s_openapi::jiff::Timestamp::now())));
+        }
+        self.unreachable = now;
+    }
 }
 
 /// A stack's Redis, reached through `docker exec` in its container.
@@ -311,7 +324,13 @@ fn apply_status(st: &mut WorkerStatus, s: &Scaled) {
         .conditions
         .iter()
         .find(|c| c.type_ == "QueueReachable" && c.status == status)
-        .map(|c| c.last_transition_time.clone());
+        .map(|c| c.last_transition_time.clone())
+        .or_else(|| {
+            s.reachable_since
+                .as_ref()
+                .filter(|r| r.0 == ok)
+                .map(|r| r.1.clone())
+        });
     st.conditions.retain(|c| c.type_ != "QueueReachable");
     st.conditions.push(Condition {
         type_: "QueueReachable".into(),
@@ -348,13 +367,12 @@ impl ScaleTarget for HostTarget {
         {
             let mut w = lock(&self.workers);
             let Some(s) = w.get_mut(id) else { return };
-            s.polled = true;
             match &outcome.depth {
                 Ok(d) => {
                     s.depth = Some(d.total());
-                    s.unreachable = None;
+                    s.set_unreachable(None);
                 }
-                Err(e) => s.unreachable = Some((e.reason().to_string(), e.to_string())),
+                Err(e) => s.set_unreachable(Some((e.reason().to_string(), e.to_string()))),
             }
         }
         self.write_status(id);
@@ -422,9 +440,9 @@ impl HostScaler {
             let target = &self.driver.target();
             let fail = |reason: &str, message: String| {
                 let mut w = lock(&target.workers);
-                let s = w.entry(id.clone()).or_default();
-                s.polled = true;
-                s.unreachable = Some((reason.to_string(), message));
+                w.entry(id.clone())
+                    .or_default()
+                    .set_unreachable(Some((reason.to_string(), message)));
             };
             let policy = match Policy::from_spec(scaling) {
                 Ok(p) => p,
@@ -471,11 +489,13 @@ impl HostScaler {
             }
         }
         let mut w = lock(&self.driver.target().workers);
+        // Forget Workers that are gone or lost `scaling` (a new `scaling` starts afresh).
         w.retain(|id, _| {
-            desired
-                .objects
-                .iter()
-                .any(|o| o.key.kind == Kind::Worker && &o.key.name == id)
+            desired.objects.iter().any(|o| {
+                o.key.kind == Kind::Worker
+                    && &o.key.name == id
+                    && o.worker.as_ref().is_some_and(|w| w.scaling.is_some())
+            })
         });
     }
 }
@@ -625,7 +645,15 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("True", "QueueRead")
         );
-        s.unreachable = Some(("RedisUnreachable".into(), "no answer".into()));
+        // A pass rewrites the status without the condition: its transition time is kept.
+        let since = st.conditions[0].last_transition_time.clone();
+        st.conditions.clear();
+        s.set_unreachable(None);
+        let first = s.reachable_since.clone().unwrap().1;
+        apply_status(&mut st, &s);
+        assert_eq!(st.conditions[0].last_transition_time, first);
+        assert!(since <= first);
+        s.set_unreachable(Some(("RedisUnreachable".into(), "no answer".into())));
         apply_status(&mut st, &s);
         assert_eq!(st.queue_depth, None);
         let c: Vec<_> = st
