@@ -206,12 +206,12 @@ impl HostTarget {
             }
             Ok((out, err))
         };
-        let (out, err) = tokio::time::timeout(RELAY_TIMEOUT, round_trip)
-            .await
-            .map_err(|_| {
-                format!("the relay in {container} did not answer within {RELAY_TIMEOUT:?}")
-            })??;
+        let result = tokio::time::timeout(RELAY_TIMEOUT, round_trip).await;
+        // The bytes held the password.
         input.fill(0);
+        let (out, err) = result.map_err(|_| {
+            format!("the relay in {container} did not answer within {RELAY_TIMEOUT:?}")
+        })??;
         parse_replies(&out, pipe.len(), extra).map_err(|m| {
             let stderr = String::from_utf8_lossy(&err).trim().to_string();
             if stderr.is_empty() {
