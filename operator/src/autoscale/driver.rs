@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use redis::Pipeline;
+use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,16 @@ pub trait ScaleTarget: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// Called after every poll of the Worker, whether or not it scaled.
     fn observed(&self, id: &WorkerId, outcome: &PollOutcome) -> impl Future<Output = ()> + Send;
+    /// Sends one probe pipeline when the backend has its own way to `redis` (the Docker host
+    /// relays to a stack's Redis through `docker exec`); `None` sends it through the shared
+    /// connection pool. Errors are messages without secrets.
+    fn relay(
+        &self,
+        _redis: &RedisTarget,
+        _pipe: &Pipeline,
+    ) -> impl Future<Output = Option<Result<Vec<Value>, String>>> + Send {
+        async { None }
+    }
 }
 
 struct State {
@@ -211,7 +221,19 @@ impl<T: ScaleTarget> Driver<T> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let reads = by_redis.into_iter().map(|(redis, entries)| async move {
-            let depths = read_depths(&self.inner.pool, redis, &entries, now_ms).await;
+            let probes: Vec<&QueueProbe> = entries.iter().map(|e| &e.probe).collect();
+            let pipe = probe_pipeline(&probes, now_ms);
+            let values = match self.inner.target.relay(redis, &pipe).await {
+                Some(v) => v,
+                None => self
+                    .inner
+                    .pool
+                    .get(redis)
+                    .query(&pipe)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            let depths = split_replies(redis, &probes, &pipe, values);
             entries.into_iter().zip(depths).collect::<Vec<_>>()
         });
         let measured: Vec<(&WorkerEntry, Result<Depth, ProbeError>)> =
@@ -329,12 +351,33 @@ pub async fn read_probes(
     probes: &[&QueueProbe],
     now_ms: u64,
 ) -> Vec<Result<Depth, ProbeError>> {
+    let pipe = probe_pipeline(probes, now_ms);
+    let values = pool
+        .get(redis)
+        .query(&pipe)
+        .await
+        .map_err(|e| e.to_string());
+    split_replies(redis, probes, &pipe, values)
+}
+
+/// The commands of `probes`, in order, as one pipeline (a failed command's reply is a value).
+pub fn probe_pipeline(probes: &[&QueueProbe], now_ms: u64) -> Pipeline {
     let mut pipe = Pipeline::new();
     pipe.ignore_errors();
     for p in probes {
         p.add_commands(&mut pipe, now_ms);
     }
-    match pool.get(redis).query(&pipe).await {
+    pipe
+}
+
+/// Hands each probe its replies; a failed round trip fails every probe of it.
+pub fn split_replies(
+    redis: &RedisTarget,
+    probes: &[&QueueProbe],
+    pipe: &Pipeline,
+    values: Result<Vec<Value>, String>,
+) -> Vec<Result<Depth, ProbeError>> {
+    match values {
         Ok(values) => {
             let mut out = Vec::with_capacity(probes.len());
             let mut at = 0;
@@ -355,7 +398,7 @@ pub async fn read_probes(
         }
         Err(e) => probes
             .iter()
-            .map(|_| Err(ProbeError::Unreachable(e.to_string())))
+            .map(|_| Err(ProbeError::Unreachable(e.clone())))
             .collect(),
     }
 }

@@ -129,7 +129,7 @@ async fn run_host(a: RunArgs) -> u8 {
         https: a.https_port,
         proxy_image: a.proxy_image,
     };
-    let mut host = match Host::new(opts).await {
+    let host = match Host::new(opts).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth host run: {e}");
@@ -142,7 +142,7 @@ async fn run_host(a: RunArgs) -> u8 {
         Arc::new(SystemClock),
         Some(host.waker()),
     );
-    host = host.with_hook(Arc::new(backups));
+    let host = host.with_hook(Arc::new(backups));
     if a.once {
         return match host.pass().await {
             Ok(r) if !r.progressing => exit::OK,
@@ -153,6 +153,10 @@ async fn run_host(a: RunArgs) -> u8 {
             }
         };
     }
+    // Workers with `scaling`: the autoscale engine decides their replica counts.
+    let scaling = tokio_util::sync::CancellationToken::new();
+    let mut host = crate::docker::autoscale::HostScaler::attach(host, scaling.clone());
+    let _stop_scaling = scaling.drop_guard();
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

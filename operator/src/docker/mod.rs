@@ -19,6 +19,7 @@
 //! and limits all come from the plan. What is Docker-specific is only how they are expressed:
 //! container names `<host>-<n>`, labels, networks, restart policy, nginx for the proxy.
 
+pub mod autoscale;
 pub mod backups;
 pub mod converge;
 pub mod desired;

@@ -181,7 +181,7 @@ impl Host {
         self
     }
 
-    /// A handle that wakes the run loop for a pass (hooks whose background work ended).
+    /// A handle that wakes the run loop for a pass (hooks whose background work ended, the autoscaler when a desired count changes).
     pub fn waker(&self) -> mpsc::UnboundedSender<()> {
         self.wake_tx.clone()
     }
