@@ -353,16 +353,9 @@ fn every_cel_rule_fires_and_berth_validate_agrees() {
         (
             "AppStack",
             stack(
-                json!({"api": api, "redis": {}, "workers": [{"name": "a", "image": "w:1", "queue": {"type": "list", "name": "q"}, "scaling": {"maxReplicas": 2, "onQueueUnavailable": "panic"}}]}),
+                json!({"api": api, "redis": {}, "workers": [{"name": "a", "image": "w:1", "queue": {"type": "list", "name": "q"}, "scaling": {"maxReplicas": 2, "onQueueUnavailable": {"replicas": 3}}}]}),
             ),
-            "must be \"hold\" or {replicas: N}",
-        ),
-        (
-            "AppStack",
-            stack(
-                json!({"api": api, "redis": {}, "workers": [{"name": "a", "image": "w:1", "queue": {"type": "list", "name": "q"}, "scaling": {"maxReplicas": 2, "onQueueUnavailable": {"replicas": -1}}}]}),
-            ),
-            "must be \"hold\" or {replicas: N}",
+            "must be <= maxReplicas",
         ),
         (
             "Worker",

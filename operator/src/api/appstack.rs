@@ -319,7 +319,8 @@ pub struct StackBackup {
     /// Compression of the dump file.
     #[serde(default)]
     pub compression: Compression,
-    /// Which backups to keep.
+    /// Which backups to keep. Absent: `keepLast: 7`.
+    #[serde(default)]
     pub retention: Retention,
     /// Restore each new backup into a scratch database and check it.
     #[serde(default)]

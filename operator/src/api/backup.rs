@@ -57,7 +57,8 @@ pub struct BackupSpec {
     /// Compression of the dump file.
     #[serde(default)]
     pub compression: Compression,
-    /// Which backups to keep; the newest good backup is never deleted.
+    /// Which backups to keep; the newest good backup is never deleted. Absent: `keepLast: 7`.
+    #[serde(default)]
     pub retention: Retention,
     /// Restore each new backup into a scratch database, check it, then drop it.
     #[serde(default)]
@@ -164,6 +165,16 @@ pub struct Retention {
     /// Delete good backups older than this duration (e.g. `30d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
+}
+
+impl Default for Retention {
+    /// `keepLast: 7`, what API.md gives a Backup that says nothing about retention.
+    fn default() -> Self {
+        Retention {
+            keep_last: Some(7),
+            max_age: None,
+        }
+    }
 }
 
 /// The observed state of a Backup.

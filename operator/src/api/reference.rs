@@ -60,7 +60,7 @@ pub fn markdown() -> String {
 
 const REFINEMENTS: [&str; 8] = [
     "`Scaling.pollInterval` defaults to `1s` (not `5s`), so a scaling decision follows a depth change within 2 s.",
-    "`Scaling.onQueueUnavailable` is `hold` or `{replicas: N}`; the schema uses `x-kubernetes-preserve-unknown-fields` for that union and a CEL rule for its shape.",
+    "`Scaling.onQueueUnavailable` is a typed object `{replicas: N}` (absent: hold the current replicas); `replicas` must be <= `maxReplicas`.",
     "`api.port` defaults to 8080 and `api.replicas` to 1; `api.routes` defaults to one route `/`; `api.maxBodySize` defaults to `1Mi`.",
     "Workers, services, routes and env lists are list-maps keyed by `name` (routes by `path`): duplicates are rejected by the API server.",
     "`services[].mountPath` (default `/data`) says where a service's `storage` is mounted; `redis.storage` turns on append-only persistence.",

@@ -12,7 +12,7 @@ use super::certificate::{CertIssuer, Certificate};
 use super::common::{EnvVar, HealthCheck, Resources};
 use super::schedule::{parse_cron, parse_time_zone};
 use super::units::{parse_duration, parse_quantity};
-use super::worker::{OnQueueUnavailable, QueueSpec, QueueType, Scaling, Worker};
+use super::worker::{QueueSpec, QueueType, Scaling, Worker};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -414,7 +414,7 @@ fn scaling(errs: &mut Errors, s: &Scaling, path: &Path) {
         &path.field("scaleDownStabilization"),
         parse_duration(&s.scale_down_stabilization).map(drop),
     );
-    if let OnQueueUnavailable::Fixed(n) = s.on_queue_unavailable {
+    if let Some(n) = s.on_queue_unavailable.as_ref().map(|q| q.replicas) {
         if n > s.max_replicas {
             errs.push(
                 &path.field("onQueueUnavailable").field("replicas"),

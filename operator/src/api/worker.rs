@@ -141,6 +141,7 @@ impl QueueType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.minReplicas) || self.maxReplicas >= self.minReplicas").message("maxReplicas must be >= minReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.onQueueUnavailable) || self.onQueueUnavailable.replicas <= self.maxReplicas").message("onQueueUnavailable.replicas must be <= maxReplicas"))]
 pub struct Scaling {
     /// Fewest replicas; 0 lets an idle worker scale to zero.
     #[serde(default)]
@@ -170,11 +171,31 @@ pub struct Scaling {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000))]
     pub max_scale_up_step: i32,
-    /// What to do when the queue cannot be read: `hold` the current replicas, or `{replicas: N}`.
-    /// Never scales down because a read failed.
-    #[serde(default)]
-    #[schemars(schema_with = "on_queue_unavailable_schema")]
-    pub on_queue_unavailable: OnQueueUnavailable,
+    /// While the queue cannot be read, run at least `replicas` replicas. Absent: hold the
+    /// current replicas. Never scales down because a read failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_queue_unavailable: Option<QueueUnavailable>,
+}
+
+impl Scaling {
+    /// The policy for a failed queue read that `onQueueUnavailable` asks for.
+    pub fn queue_unavailable_policy(&self) -> OnQueueUnavailable {
+        self.on_queue_unavailable
+            .as_ref()
+            .map_or(OnQueueUnavailable::Hold, |q| {
+                OnQueueUnavailable::Fixed(q.replicas)
+            })
+    }
+}
+
+/// `onQueueUnavailable`: a typed object (never a string-or-object union, which kube-apiserver
+/// cannot compile CEL rules for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueUnavailable {
+    /// Replicas to run at least while the queue cannot be read (raises, never lowers).
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
 }
 
 fn default_jobs_per_replica() -> i64 {
@@ -193,60 +214,15 @@ fn default_down_window() -> String {
     "5m".into()
 }
 
-/// Behaviour while the queue cannot be read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+/// Behaviour while the queue cannot be read, as the autoscaler applies it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum OnQueueUnavailable {
-    /// Keep the current replica count (`hold`).
+    /// Keep the current replica count (`onQueueUnavailable` absent).
     #[default]
     Hold,
     /// Run at least this many replicas until the queue can be read again: raises the count to
     /// N, never lowers it (a failed read never removes replicas that may still be working).
     Fixed(i32),
-}
-
-impl TryFrom<serde_json::Value> for OnQueueUnavailable {
-    type Error = String;
-    fn try_from(raw: serde_json::Value) -> Result<Self, String> {
-        use serde_json::Value;
-        let fixed = match &raw {
-            Value::String(w) if w == "hold" => return Ok(OnQueueUnavailable::Hold),
-            Value::Object(map) if map.len() == 1 => map
-                .get("replicas")
-                .and_then(Value::as_i64)
-                .filter(|n| (0..=i64::from(i32::MAX)).contains(n)),
-            _ => None,
-        };
-        match fixed {
-            Some(n) => Ok(OnQueueUnavailable::Fixed(n as i32)),
-            None => Err(format!(
-                "must be \"hold\" or {{replicas: N}} with N >= 0 (got {raw})"
-            )),
-        }
-    }
-}
-
-impl From<OnQueueUnavailable> for serde_json::Value {
-    fn from(v: OnQueueUnavailable) -> Self {
-        match v {
-            OnQueueUnavailable::Hold => serde_json::Value::String("hold".into()),
-            OnQueueUnavailable::Fixed(replicas) => serde_json::json!({ "replicas": replicas }),
-        }
-    }
-}
-
-/// `hold` or `{replicas: N}`: a union a structural schema can only say with
-/// `x-kubernetes-preserve-unknown-fields`, so its shape is checked by CEL.
-fn on_queue_unavailable_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "description": "`hold` keeps the current replicas; `{replicas: N}` runs N replicas while the queue cannot be read.",
-        "x-kubernetes-preserve-unknown-fields": true,
-        "default": "hold",
-        "x-kubernetes-validations": [{
-            "rule": "self == 'hold' || (has(self.replicas) && self.size() == 1 && self.replicas >= 0)",
-            "message": "must be \"hold\" or {replicas: N} with N >= 0"
-        }]
-    })
 }
 
 /// The observed state of a Worker.
@@ -281,23 +257,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn on_queue_unavailable_round_trips() {
-        let hold: OnQueueUnavailable = serde_json::from_str("\"hold\"").unwrap();
-        assert_eq!(hold, OnQueueUnavailable::Hold);
-        let fixed: OnQueueUnavailable = serde_json::from_str("{\"replicas\": 2}").unwrap();
-        assert_eq!(fixed, OnQueueUnavailable::Fixed(2));
-        assert_eq!(serde_json::to_string(&fixed).unwrap(), "{\"replicas\":2}");
-        assert_eq!(serde_json::to_string(&hold).unwrap(), "\"hold\"");
-        for bad in [
-            "\"panic\"",
-            "{\"replicas\": -1}",
-            "{\"replicas\": 1, \"x\": 1}",
-            "3",
-        ] {
-            assert!(
-                serde_json::from_str::<OnQueueUnavailable>(bad).is_err(),
-                "{bad}"
-            );
-        }
+    fn on_queue_unavailable_is_a_typed_object() {
+        let s: Scaling = serde_json::from_str(r#"{"maxReplicas": 4}"#).unwrap();
+        assert_eq!(s.queue_unavailable_policy(), OnQueueUnavailable::Hold);
+        let s: Scaling =
+            serde_json::from_str(r#"{"maxReplicas": 4, "onQueueUnavailable": {"replicas": 2}}"#)
+                .unwrap();
+        assert_eq!(s.queue_unavailable_policy(), OnQueueUnavailable::Fixed(2));
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["onQueueUnavailable"],
+            serde_json::json!({"replicas": 2})
+        );
+        assert!(serde_json::from_str::<Scaling>(
+            r#"{"maxReplicas": 4, "onQueueUnavailable": "hold"}"#
+        )
+        .is_err());
     }
 }

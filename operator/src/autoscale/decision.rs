@@ -63,7 +63,7 @@ impl Policy {
             scale_up_stabilization: dur("scaleUpStabilization", &s.scale_up_stabilization)?,
             scale_down_stabilization: dur("scaleDownStabilization", &s.scale_down_stabilization)?,
             max_scale_up_step: s.max_scale_up_step.max(0),
-            on_queue_unavailable: s.on_queue_unavailable.clone(),
+            on_queue_unavailable: s.queue_unavailable_policy(),
         })
     }
 
