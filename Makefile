@@ -2,13 +2,18 @@
 CARGO ?= cargo
 BERTH := target/debug/berth
 
-.PHONY: build test lint fmt crds docs check-generated clean
+.PHONY: build test check lint fmt crds docs check-generated clean
 
 build:
 	$(CARGO) build --all-targets
 
-## Everything CI checks: formatting, lints, then every test (unit, contract, integration).
+## Everything CI checks: installs/starts what the tests need (.ci/setup: packages, images, the
+## real Kubernetes of ../shared/k8s), then formatting, lints and every test (unit, contract,
+## integration, Kubernetes e2e). `make check` skips the setup.
 test:
+	@env=$$(bash .ci/setup) || exit 1; eval "$$env"; export BERTH_E2E_KUBECONFIG; $(MAKE) --no-print-directory check
+
+check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth::api::{AppStack, Certificate};
 use berth::controller::{self, Metrics, Settings};
@@ -20,78 +20,16 @@ use berth::plan::set::ManifestSet;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const ENV: &str = "BERTH_E2E_KUBECONFIG";
-const MANAGER: &str = "berth-e2e";
-const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn client() -> Option<Client> {
-    let Ok(path) = std::env::var(ENV) else {
-        eprintln!("SKIPPED: {ENV} is not set; set it to a kubeconfig to run the Kubernetes end-to-end tests (make e2e-k8s)");
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("{ENV}={path}: cannot read the kubeconfig: {e}"));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{ENV}={path}: {e}"));
-    berth::tls::install_default_provider();
-    Some(Client::try_from(config).expect("a client from the kubeconfig"))
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes (then panics with `what`).
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in berth::api::crds() {
-        let name = crd.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
-        wait_for(&format!("CRD {name} Established"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-}
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{wait_for, MANAGER};
 
 /// A fresh namespace, the controller running in it, and cleanup whatever happens.
 async fn in_namespace<F, Fut>(test: &str, body: F)
@@ -99,20 +37,11 @@ where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some(client) = client().await else { return };
-    install_crds(&client).await;
-    let ns = format!("berth-e2e-{test}-{}", berth::plan::wiring::random_hex(3));
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(
-                json!({"metadata": {"name": ns, "labels": {"berth.dev/e2e": "true"}}}),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+    let Some(client) = cluster::client().await else {
+        return;
+    };
+    cluster::install_crds(&client).await;
+    let ns = cluster::create_namespace(&client, test).await;
     let stop = CancellationToken::new();
     let settings = Settings {
         namespace: Some(ns.clone()),
@@ -130,9 +59,7 @@ where
         .await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
-    if let Err(e) = namespaces.delete(&ns, &DeleteParams::background()).await {
-        eprintln!("cleanup: cannot delete namespace {ns}: {e}");
-    }
+    cluster::delete_namespace(&client, &ns).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
