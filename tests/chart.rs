@@ -217,8 +217,8 @@ fn cluster_role_is_least_privilege() {
         ("apps", "statefulsets", &managed),
         ("", "services", &managed),
         // Generated credentials are created once and never patched or deleted; user Secrets
-        // are only read.
-        ("", "secrets", &["get", "list", "watch", "create"]),
+        // are only read, by name: never list or watch (that would be every Secret of the cluster).
+        ("", "secrets", &["get", "create"]),
         ("", "persistentvolumeclaims", &["get", "create", "patch"]),
         // The backup pods' termination reports (status.backups); never exec, never delete.
         ("", "pods", &["get", "list"]),

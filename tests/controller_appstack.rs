@@ -12,7 +12,7 @@ use berth::api::{AppStack, Backup, Certificate, Worker};
 use berth::controller::{self, diff, Context, Metrics, Writers};
 use berth::k8s::BuildOptions;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -171,7 +171,9 @@ impl Harness {
                 "NetworkPolicy" => w
                     .network_policies
                     .apply_watcher_event(&ev::<NetworkPolicy>(body)),
-                "Secret" => w.secrets.apply_watcher_event(&ev::<Secret>(body)),
+                // Generated Secrets are not cached (no list/watch on Secrets): the controller
+                // remembers the ones it created or found.
+                "Secret" => {}
                 "Worker" => w.workers.apply_watcher_event(&guard::<Worker>(body)),
                 "Certificate" => w
                     .certificates

@@ -187,21 +187,7 @@ fn main() {
                 other => panic!("unexpected kind {other}"),
             }
         }
-        // Two generated Secrets per stack (postgres, redis credentials).
-        for component in ["postgres", "redis"] {
-            children += 1;
-            let secret = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": format!("{}-{component}-credentials", s.metadata.name.as_deref().unwrap()),
-                    "namespace": s.metadata.namespace, "uid": "u", "resourceVersion": "1",
-                    "labels": {"app.kubernetes.io/managed-by": "berth", "berth.dev/stack": s.metadata.name}},
-                "data": {"password": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==",
-                         "url": "cmVkaXM6Ly9kZWZhdWx0OjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWZAc3RhY2stcmVkaXM6NjM3OS8w"}
-            }))
-            .unwrap();
-            w.secrets
-                .apply_watcher_event(&watcher::Event::Apply(secret));
-        }
+        // Generated Secrets are not cached: the controller gets them by name, once.
     }
     let after = LIVE.load(Ordering::Relaxed);
     let bytes = (after - before).max(0) as f64;

@@ -17,7 +17,7 @@ pub mod metrics;
 pub mod observe;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,8 +144,6 @@ pub struct Stores {
     pub services: Store<Service>,
     pub ingresses: Store<Ingress>,
     pub network_policies: Store<NetworkPolicy>,
-    /// Secrets labelled `managed-by=berth` (the generated ones).
-    pub secrets: Store<Secret>,
     pub workers: Store<DeserializeGuard<Worker>>,
     /// Every Certificate in scope (for `tls.certificateRef`), not only the owned ones.
     pub certificates: Store<DeserializeGuard<Certificate>>,
@@ -159,7 +157,6 @@ pub struct Writers {
     pub services: reflector::store::Writer<Service>,
     pub ingresses: reflector::store::Writer<Ingress>,
     pub network_policies: reflector::store::Writer<NetworkPolicy>,
-    pub secrets: reflector::store::Writer<Secret>,
     pub workers: reflector::store::Writer<DeserializeGuard<Worker>>,
     pub certificates: reflector::store::Writer<DeserializeGuard<Certificate>>,
     pub backups: reflector::store::Writer<DeserializeGuard<Backup>>,
@@ -172,7 +169,6 @@ pub fn stores() -> (Stores, Writers) {
     let (services, w_services) = reflector::store();
     let (ingresses, w_ingresses) = reflector::store();
     let (network_policies, w_network_policies) = reflector::store();
-    let (secrets, w_secrets) = reflector::store();
     let (workers, w_workers) = reflector::store();
     let (certificates, w_certificates) = reflector::store();
     let (backups, w_backups) = reflector::store();
@@ -183,7 +179,6 @@ pub fn stores() -> (Stores, Writers) {
             services,
             ingresses,
             network_policies,
-            secrets,
             workers,
             certificates,
             backups,
@@ -194,7 +189,6 @@ pub fn stores() -> (Stores, Writers) {
             services: w_services,
             ingresses: w_ingresses,
             network_policies: w_network_policies,
-            secrets: w_secrets,
             workers: w_workers,
             certificates: w_certificates,
             backups: w_backups,
@@ -212,6 +206,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per stack (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Generated Secrets (`namespace/name`) seen to exist. Secrets are not watched: RBAC
+    /// cannot scope list/watch to berth's labels, and the operator must not be able to read
+    /// every Secret of the cluster. One `get` by name per generated Secret, then this set.
+    known_secrets: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -233,6 +231,7 @@ impl Context {
             reporter,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            known_secrets: Mutex::new(HashSet::new()),
         }
     }
 
@@ -259,6 +258,20 @@ impl Context {
         } else {
             self.metrics.writes.inc();
         }
+    }
+
+    fn secret_known(&self, key: &str) -> bool {
+        self.known_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    fn remember_secret(&self, key: String) {
+        self.known_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
     }
 
     fn failure_key(obj: &DeserializeGuard<AppStack>) -> String {
@@ -350,11 +363,6 @@ pub async fn run_with(
             scoped::<NetworkPolicy>(c, ns),
             children.clone(),
             w.network_policies,
-        ))
-        .owns_stream(reflect(
-            scoped::<Secret>(c, ns),
-            children.clone(),
-            w.secrets,
         ))
         .owns_stream(reflect(
             scoped::<DeserializeGuard<Worker>>(c, ns),
@@ -652,15 +660,10 @@ async fn ensure_generated_secrets(
 ) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for g in &plan.secrets {
-        if ctx
-            .stores
-            .secrets
-            .get(&ObjectRef::new(&g.name).within(ns))
-            .is_some()
-        {
+        let key = format!("{ns}/{}", g.name);
+        if ctx.secret_known(&key) {
             continue;
         }
-        // Not in the cache: maybe not seen yet, or made by someone else without berth's labels.
         let existing = api
             .get_opt(&g.name)
             .await
@@ -669,6 +672,7 @@ async fn ensure_generated_secrets(
                 source,
             })?;
         if existing.is_some() {
+            ctx.remember_secret(key);
             continue;
         }
         let data = wiring::materialize(g, &Default::default(), wiring::random_hex)?;
@@ -679,9 +683,12 @@ async fn ensure_generated_secrets(
         };
         ctx.metrics.writes.inc();
         match api.create(&pp, &secret).await {
-            Ok(_) => changes.generated.push(g.name.clone()),
-            // Created meanwhile (another replica, a race with the cache): keep it.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Ok(_) => {
+                ctx.remember_secret(key);
+                changes.generated.push(g.name.clone())
+            }
+            // Created meanwhile (another replica): keep it.
+            Err(kube::Error::Api(s)) if s.code == 409 => ctx.remember_secret(key),
             Err(source) => {
                 return Err(Error::CreateSecret {
                     name: g.name.clone(),
