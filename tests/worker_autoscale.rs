@@ -217,7 +217,9 @@ async fn scales_on_depth_holds_through_an_outage_and_resumes() {
     let api = FakeApi::start(worker.clone(), secret_json(&redis.url()));
     let ctx = context(api.client.clone(), Arc::new(Metrics::default()));
     let w: Worker = serde_json::from_value(worker).unwrap();
-    reconcile(Arc::new(w), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(kube::core::DeserializeGuard(Ok(w))), ctx.clone())
+        .await
+        .unwrap();
 
     // The Deployment: server-side apply by `berth`, replicas from minReplicas, the grace period.
     let applies = api.matching("PATCH", "/apis/apps/v1/namespaces/prod/deployments/render");

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Reconciles run, and those that failed.
     pub reconciles: Counter,
     pub reconcile_errors: Counter,
+    /// Deployment applies sent (a Deployment already as desired is not applied).
+    pub writes: Counter,
 }
 
 impl Metrics {
@@ -71,6 +73,11 @@ impl Metrics {
             "berth_worker_reconcile_errors",
             "Worker reconciles that failed",
             m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "berth_worker_deployment_applies",
+            "Deployment applies the Worker controller sent",
+            m.writes.clone(),
         );
         m
     }

@@ -17,8 +17,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -39,8 +41,17 @@ pub enum WorkersError {
 /// How often the autoscaler drops Workers that were deleted.
 const GC_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The context of a controller over `client` (also what tests drive without watches).
+/// The context of a controller over `client` (also what tests drive without watches: with
+/// an empty Deployment cache every reconcile applies).
 pub fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
+    context_with(client, metrics, reflector::store().0)
+}
+
+fn context_with(
+    client: Client,
+    metrics: Arc<Metrics>,
+    deployments: Store<Deployment>,
+) -> Arc<Context> {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -52,7 +63,11 @@ pub fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
     let driver = Driver::new(KubeTarget {
         shared: shared.clone(),
     });
-    Arc::new(Context { shared, driver })
+    Arc::new(Context {
+        shared,
+        driver,
+        deployments,
+    })
 }
 
 /// Runs the Worker controller and its autoscaler until `shutdown`.
@@ -62,7 +77,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkersError> {
-    let (workers, deployments): (Api<Worker>, Api<Deployment>) = match &namespace {
+    let (workers, deployments): (Api<DeserializeGuard<Worker>>, Api<Deployment>) = match &namespace
+    {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -73,17 +89,24 @@ pub async fn run(
         .list(&ListParams::default().limit(1))
         .await
         .map_err(WorkersError::CannotList)?;
-    let ctx = context(client, metrics);
+    let (deployment_store, writer) = reflector::store();
+    let ctx = context_with(client, metrics, deployment_store);
 
     let driver = ctx.driver.clone();
     let token = shutdown.clone();
     let autoscaler = tokio::spawn(async move { driver.run(token).await });
 
-    let controller = Controller::new(workers, watcher::Config::default())
-        .owns(
-            deployments,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=berth"),
-        )
+    let owned = watcher(
+        deployments,
+        watcher::Config::default()
+            .labels("app.kubernetes.io/managed-by=berth")
+            .any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::new(workers, watcher::Config::default().any_semantic())
+        .owns_stream(owned)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();
 

@@ -7,12 +7,16 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
 use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
+use crate::controller::diff;
 use crate::k8s::meta::MANAGER;
 use crate::plan::wiring::{stack_urls, UrlSource};
 use crate::plan::worker::{initial_replicas, plan_worker};
@@ -32,7 +36,15 @@ pub const CA_KEY: &str = "ca.crt";
 pub struct Context {
     pub shared: Arc<Shared>,
     pub driver: Driver<KubeTarget>,
+    /// The Worker Deployments as the watch last saw them: a Deployment already as desired is
+    /// not applied again (an idle Worker sends no writes).
+    pub deployments: Store<Deployment>,
 }
+
+/// The first retry delay after a failed reconcile; doubles per failure up to `BACKOFF_MAX`.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
+/// The longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// A reconcile that failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +53,8 @@ pub enum ReconcileError {
     NoNamespace,
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
+    #[error("the Worker cannot be read ({0}): fix the object so it matches the Worker CRD (kubectl get worker -o yaml)")]
+    Invalid(String),
 }
 
 /// The id under which the autoscaler knows a Worker.
@@ -48,8 +62,50 @@ pub fn worker_id(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// Reconciles one Worker.
-pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+/// Reconciles one Worker; an object that does not deserialize gets a Warning Event and waits
+/// for a change (it never stalls the controller).
+pub async fn reconcile(
+    guarded: Arc<DeserializeGuard<Worker>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let worker = match &guarded.0 {
+        Ok(w) => w,
+        Err(invalid) => {
+            let err = ReconcileError::Invalid(invalid.error.clone());
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "InvalidObject".into(),
+                note: Some(err.to_string().chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx
+                .shared
+                .recorder
+                .publish(&ev, &guarded.object_ref(&()))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot publish event");
+            }
+            tracing::warn!(worker = %guarded.name_any(), error = %err, "cannot reconcile");
+            return Ok(Action::await_change());
+        }
+    };
+    let result = reconcile_worker(worker, &ctx).await;
+    if let Some(ns) = worker.namespace() {
+        let id = worker_id(&ns, &worker.name_any());
+        ctx.shared.with(&id, |rt| {
+            rt.failures = if result.is_ok() {
+                0
+            } else {
+                rt.failures.saturating_add(1)
+            };
+        });
+    }
+    result
+}
+
+async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = worker.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = worker.name_any();
     let id = worker_id(&ns, &name);
@@ -64,6 +120,11 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
         rt.generation = worker.metadata.generation;
         rt.object_ref = worker.object_ref(&());
         rt.scaling = spec.scaling.is_some();
+        // After a restart: the live status supplies the condition transition times (and an
+        // unchanged status is not written again).
+        if rt.written.is_none() {
+            rt.written = worker.status.clone();
+        }
     });
 
     // Dereference.
@@ -142,29 +203,46 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
             let known = ctx
                 .shared
                 .with(&id, |rt| {
-                    rt.written.is_some().then_some(rt.deployment_replicas)
+                    rt.deployment_known.then_some(rt.deployment_replicas)
                 })
                 .flatten();
             match known {
                 Some(n) => n,
-                None => deployments
-                    .get_opt(&name)
-                    .await?
-                    .and_then(|d| d.spec.and_then(|s| s.replicas))
-                    .unwrap_or_else(|| initial_replicas(spec)),
+                None => match ctx.deployments.get(&ObjectRef::new(&name).within(&ns)) {
+                    Some(d) => d.spec.as_ref().and_then(|s| s.replicas),
+                    None => deployments
+                        .get_opt(&name)
+                        .await?
+                        .and_then(|d| d.spec.and_then(|s| s.replicas)),
+                }
+                .unwrap_or_else(|| initial_replicas(spec)),
             }
         } else {
             spec.replicas.unwrap_or(1)
         };
-        let d = build::deployment(&worker, &plan, replicas);
-        let applied = deployments
-            .patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&d),
-            )
-            .await?;
+        let d = build::deployment(worker, &plan, replicas);
+        let mut desired = serde_json::to_value(&d).map_err(kube::Error::SerdeError)?;
+        diff::stamp(&mut desired);
+        let cached = ctx.deployments.get(&ObjectRef::new(&name).within(&ns));
+        let current = cached.as_deref().and_then(|c| {
+            let observed = serde_json::to_value(c).ok()?;
+            diff::up_to_date(&desired, &observed).then(|| c.clone())
+        });
+        let applied = match current {
+            Some(c) => c,
+            None => {
+                ctx.shared.metrics.writes.inc();
+                deployments
+                    .patch(
+                        &name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&desired),
+                    )
+                    .await?
+            }
+        };
         ctx.shared.with(&id, |rt| {
+            rt.deployment_known = true;
             rt.deployment_replicas = applied
                 .spec
                 .as_ref()
@@ -265,9 +343,39 @@ async fn redis_target(
     Ok(Ok(RedisTarget::new(url, ca)))
 }
 
-/// Failed reconciles are retried with a fixed delay; the error is logged without secrets.
-pub fn error_policy(_worker: Arc<Worker>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+/// Failed reconciles are retried with a doubling delay (5 s → 5 min); the error is logged
+/// without secrets.
+pub fn error_policy(
+    worker: Arc<DeserializeGuard<Worker>>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.shared.metrics.reconcile_errors.inc();
     tracing::warn!(%error, "Worker reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    let failures = worker
+        .namespace()
+        .and_then(|ns| {
+            ctx.shared
+                .with(&worker_id(&ns, &worker.name_any()), |rt| rt.failures)
+        })
+        .unwrap_or(1);
+    Action::requeue(backoff(failures))
+}
+
+/// The retry delay after `failures` consecutive failures (at least one).
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (0..9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 5, 10, 20, 40, 80, 160, 300, 300]);
+    }
 }

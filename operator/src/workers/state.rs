@@ -45,6 +45,10 @@ pub struct Runtime {
     pub desired: Option<i32>,
     pub last_scale_time: Option<Time>,
     pub written: Option<WorkerStatus>,
+    /// `deployment_replicas` comes from the API server (a Deployment was applied or read).
+    pub deployment_known: bool,
+    /// Consecutive failed reconciles, for the exponential backoff.
+    pub failures: u32,
     pub last_write: Option<Instant>,
 }
 
