@@ -504,3 +504,179 @@ async fn e2e_leader_lease_is_exclusive() {
     })
     .await;
 }
+
+/// Every document of a YAML file as JSON (a file that does not parse gives none).
+fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        match serde_json::Value::deserialize(doc) {
+            Ok(v) if !v.is_null() => out.push(v),
+            Ok(_) => {}
+            Err(_) => return Vec::new(),
+        }
+    }
+    out
+}
+
+use serde::Deserialize;
+
+/// `kubectl apply --server-side --dry-run=server` of one document: `Err` with the apiserver's message when
+/// it refuses the object (or when the document names no kind the apiserver serves).
+async fn dry_run_create(client: &Client, ns: &str, doc: &serde_json::Value) -> Result<(), String> {
+    let api_version = doc["apiVersion"].as_str().ok_or("no apiVersion")?;
+    let kind = doc["kind"].as_str().ok_or("no kind")?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (resource, _caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("kind {kind} of {api_version} is not served: {e}"))?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let mut obj = doc.clone();
+    obj["metadata"]["namespace"] = json!(ns);
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // What `kubectl apply --server-side --dry-run=server` sends: strict field validation, so
+    // an unknown field is an error rather than a warning.
+    let pp = PatchParams::apply(MANAGER)
+        .force()
+        .dry_run()
+        .validation_strict();
+    api.patch(&name, &pp, &Patch::Apply(&obj))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// What the CRDs themselves check: every example is accepted by the real apiserver; of the
+/// invalid corpus (tests/invalid, every file of which `berth validate` rejects), the count the
+/// apiserver rejects by schema and CEL must not fall below what it is today.
+#[tokio::test]
+async fn e2e_apiserver_accepts_examples_and_rejects_invalid_manifests() {
+    /// Files of tests/invalid the apiserver rejects on its own; raise it when a CRD learns a
+    /// rule (never lower it).
+    const REJECTED_AT_LEAST: usize = 110;
+    let Some(client) = cluster::client().await else {
+        return;
+    };
+    cluster::install_crds(&client).await;
+    let ns = cluster::create_namespace(&client, "dryrun").await;
+    let outcome = AssertUnwindSafe(async {
+        let mut files: Vec<_> = walk(&repo_root().join("examples"));
+        files.sort();
+        let mut accepted = 0;
+        for file in &files {
+            for doc in yaml_documents(file) {
+                if let Err(e) = dry_run_create(&client, &ns, &doc).await {
+                    panic!("the apiserver refused a document of {}: {e}", file.display());
+                }
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= 17, "examples hold {accepted} documents");
+        let mut invalid: Vec<_> = std::fs::read_dir(repo_root().join("tests/invalid"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        invalid.sort();
+        let mut rejected = 0;
+        let mut passed = Vec::new();
+        for file in &invalid {
+            let mut refused = false;
+            let docs = yaml_documents(file);
+            if docs.is_empty() {
+                refused = true; // not YAML a client could send
+            }
+            for doc in docs {
+                if dry_run_create(&client, &ns, &doc).await.is_err() {
+                    refused = true;
+                }
+            }
+            if refused {
+                rejected += 1;
+            } else {
+                passed.push(file.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        println!(
+            "apiserver: {accepted} example documents accepted; {rejected} of {} invalid manifests rejected by the CRDs' schema and CEL rules; {} left to berth validate and the controllers (Ready=False InvalidSpec): {}",
+            invalid.len(),
+            passed.len(),
+            passed.join(" ")
+        );
+        assert!(
+            rejected >= REJECTED_AT_LEAST,
+            "the apiserver rejects {rejected} invalid manifests, fewer than {REJECTED_AT_LEAST}: a CRD lost a rule"
+        );
+    })
+    .catch_unwind()
+    .await;
+    cluster::delete_namespace(&client, &ns).await;
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A rule only berth checks (the CRD cannot): the stack gets Ready=False/InvalidSpec with the
+/// field named, and a Warning Event; nothing is created.
+#[tokio::test]
+async fn e2e_invalid_spec_is_reported_on_the_object() {
+    in_namespace("invalid", |client, ns| async move {
+        // A worker named like a component berth makes itself: valid for the schema.
+        let stack: AppStack = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+            "metadata": {"name": "clash"},
+            "spec": {"api": {"image": "registry.invalid/e2e/api:1"}, "redis": {},
+                "workers": [{"name": "api", "image": "registry.invalid/e2e/w:1",
+                    "queue": {"type": "list", "name": "jobs"}}]}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &stack).await;
+        let api: Api<AppStack> = Api::namespaced(client.clone(), &ns);
+        let ready = wait_for("Ready=False InvalidSpec", || async {
+            let s = api.get("clash").await.ok()?;
+            let st = s.status?;
+            let c = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            (c.reason == "InvalidSpec").then_some(c)
+        })
+        .await;
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("spec.workers[0].name"),
+            "the message names the field: {}",
+            ready.message
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        wait_for("an InvalidSpec Warning event", || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("InvalidSpec")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        })
+        .await;
+        assert!(!exists::<Deployment>(&client, &ns, "clash-api").await);
+    })
+    .await;
+}

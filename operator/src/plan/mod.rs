@@ -48,6 +48,21 @@ pub enum PlanError {
 }
 
 impl PlanError {
+    /// `Invalid` naming the first field error, the others appended; `None` when there are none.
+    pub fn from_field_errors(errors: Vec<crate::api::validate::FieldError>) -> Option<PlanError> {
+        let mut it = errors.into_iter();
+        let first = it.next()?;
+        let mut message = first.message;
+        for e in it {
+            message.push_str("; ");
+            message.push_str(&e.to_string());
+        }
+        Some(PlanError::Invalid {
+            field: first.path,
+            message,
+        })
+    }
+
     /// A CamelCase reason for conditions and events.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -47,6 +47,11 @@ pub fn plan_stack(stack: &AppStack, observed: &Observed) -> Result<StackPlan, Pl
         .name
         .clone()
         .ok_or(PlanError::MissingName { kind: "AppStack" })?;
+    // The semantic rules `berth validate` applies (what no CRD rule can check), so a stack the
+    // apiserver accepted but berth cannot carry out is refused here, on both backends.
+    if let Some(e) = PlanError::from_field_errors(crate::api::validate::Validate::validate(stack)) {
+        return Err(e);
+    }
     plan_spec(&name, &stack.spec, observed)
 }
 

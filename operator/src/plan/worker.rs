@@ -41,6 +41,10 @@ pub fn plan_worker(worker: &Worker, stack: Option<&AppStack>) -> Result<WorkerPl
         .name
         .clone()
         .ok_or(PlanError::MissingName { kind: "Worker" })?;
+    if let Some(e) = PlanError::from_field_errors(crate::api::validate::Validate::validate(worker))
+    {
+        return Err(e);
+    }
     let spec = &worker.spec;
     let mut urls = match (&spec.app_stack_ref, stack) {
         (None, _) => StackUrls::default(),
