@@ -680,3 +680,333 @@ async fn e2e_invalid_spec_is_reported_on_the_object() {
     })
     .await;
 }
+
+/// The `berth-demo/*` images under the tag `e2e` (not `latest`, so the kubelet uses the
+/// imported image instead of trying a registry), imported into the node when the cluster is
+/// ../shared/k8s. Elsewhere (kind, k3d) load them first: `docker tag berth-demo/api:latest
+/// berth-demo/api:e2e; kind load docker-image berth-demo/api:e2e` (api, worker, postgres, redis).
+fn import_demo_images() {
+    let images = ["api", "worker", "postgres", "redis"];
+    for i in images {
+        let ok = std::process::Command::new("docker")
+            .args([
+                "tag",
+                &format!("berth-demo/{i}:latest"),
+                &format!("berth-demo/{i}:e2e"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "docker tag berth-demo/{i}: build the images first (tests/images/build.sh)"
+        );
+    }
+    let dir = std::env::var("BERTH_K8S_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("../shared/k8s"));
+    let script = dir.join("import-image.sh");
+    if !script.exists() {
+        eprintln!(
+            "{} not found: assuming berth-demo/*:e2e are loaded into the cluster",
+            script.display()
+        );
+        return;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(images.map(|i| format!("berth-demo/{i}:e2e")))
+        .output()
+        .expect("running import-image.sh");
+    assert!(
+        out.status.success(),
+        "import-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// examples/demo with its images at the `e2e` tag.
+fn demo_stack() -> AppStack {
+    let path = repo_root().join("examples/demo/demo.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(":latest", ":e2e");
+    serde_norway::from_str(&text).expect("examples/demo parses")
+}
+
+/// resourceVersion of every object in the namespace berth makes or reads, by kind/name.
+async fn versions(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($($k:ty),*) => {$(
+            let api: Api<$k> = Api::namespaced(client.clone(), ns);
+            for o in api.list(&Default::default()).await.expect("list").items {
+                out.insert(
+                    format!("{}/{}", <$k as Resource>::kind(&()), o.name_any()),
+                    o.resource_version().unwrap_or_default(),
+                );
+            }
+        )*};
+    }
+    collect!(
+        AppStack,
+        berth::api::Worker,
+        berth::api::Backup,
+        Deployment,
+        StatefulSet,
+        Service,
+        Ingress,
+        NetworkPolicy,
+        Secret,
+        k8s_openapi::api::batch::v1::CronJob,
+        k8s_openapi::api::events::v1::Event
+    );
+    out
+}
+
+/// examples/demo on real pods: PostgreSQL, Redis, the api (started after both), a worker and a
+/// backup schedule; the stack reaches Ready; then 60 s idle change nothing in the API server.
+#[tokio::test]
+async fn e2e_demo_stack_runs_ready_then_idles_without_writes() {
+    in_namespace_with("demo", |client, ns, metrics| async move {
+        import_demo_images();
+        let mut stack = demo_stack();
+        stack.spec.backup = Some(
+            serde_json::from_value(json!({"schedule": "17 3 * * *", "destination": {"volume": {"size": "1Gi"}}}))
+                .unwrap(),
+        );
+        apply_obj(&client, &ns, &stack).await;
+        let api: Api<AppStack> = Api::namespaced(client.clone(), &ns);
+        let status = cluster::wait_for_within(Duration::from_secs(240), "the demo stack Ready", || async {
+            let s = api.get("demo").await.ok()?;
+            let st = s.status?;
+            (st.phase == Some(berth::api::appstack::Phase::Ready)
+                && st.observed_generation == s.metadata.generation)
+                .then_some(st)
+        })
+        .await;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True", "{ready:?}");
+        // The pods really run: the api Deployment and the database StatefulSet are available.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let d = deployments.get("demo-api").await.unwrap();
+        assert!(d.status.unwrap().available_replicas.unwrap_or(0) >= 1);
+        // The stack's Worker and Backup children converge too.
+        let workers: Api<berth::api::Worker> = Api::namespaced(client.clone(), &ns);
+        wait_for("the demo-worker Worker's status", || async {
+            let w = workers.get("demo-worker").await.ok()?;
+            let st = w.status?;
+            (st.observed_generation == w.metadata.generation
+                && st.conditions.iter().any(|c| c.type_ == "QueueReachable"))
+            .then_some(())
+        })
+        .await;
+        let cron: Api<k8s_openapi::api::batch::v1::CronJob> = Api::namespaced(client.clone(), &ns);
+        let cj = wait_for("the backup CronJob", || async { cron.get_opt("demo-backup").await.ok().flatten().or(cron.list(&Default::default()).await.ok()?.items.into_iter().next()) }).await;
+        assert_eq!(cj.spec.unwrap().schedule, "17 3 * * *");
+
+        // Idle: let every controller settle, then nothing changes for 60 s.
+        let settle = versions(&client, &ns).await;
+        let mut before = settle;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = versions(&client, &ns).await;
+            if now == before {
+                break;
+            }
+            before = now;
+        }
+        let writes_before = metrics.appstack.writes.get();
+        let applies_before = metrics.workers.writes.get();
+        let start = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let after = versions(&client, &ns).await;
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        println!(
+            "idle {:?}: {} objects, changed {:?}; AppStack controller writes {}, Worker Deployment applies {}",
+            start.elapsed(),
+            after.len(),
+            changed,
+            metrics.appstack.writes.get() - writes_before,
+            metrics.workers.writes.get() - applies_before,
+        );
+        assert!(changed.is_empty(), "objects written while idle: {changed:?}");
+        assert_eq!(metrics.appstack.writes.get(), writes_before, "AppStack controller wrote while idle");
+        assert_eq!(metrics.workers.writes.get(), applies_before, "Worker controller applied while idle");
+    })
+    .await;
+}
+
+#[path = "support/redis.rs"]
+mod redis_support;
+
+fn redis_cli(port: u16, args: &[&str]) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian redis-tools)");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+}
+
+async fn deployment_replicas(client: &Client, ns: &str, name: &str) -> Option<i32> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.get(name).await.ok()?.spec?.replicas
+}
+
+/// The real Worker controller and a real redis-server on the host: the Deployment follows
+/// the queue depth up and down; a spec change while scaled keeps the scaled count.
+#[tokio::test]
+async fn e2e_worker_scales_a_deployment_with_a_real_queue() {
+    in_namespace("worker", |client, ns| async move {
+        let redis = redis_support::RedisServer::start_plain();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "queue"}, "stringData": {"url": redis.url()}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &secret).await;
+        let worker: berth::api::Worker = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Worker",
+            "metadata": {"name": "render"},
+            "spec": {"image": "registry.invalid/e2e/worker:1",
+                "queue": {"type": "list", "name": "jobs", "redis": {"urlSecretRef": {"name": "queue", "key": "url"}}},
+                "scaling": {"minReplicas": 0, "maxReplicas": 5, "jobsPerReplica": 5,
+                    "pollInterval": "200ms", "scaleDownStabilization": "0s"}}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &worker).await;
+        wait_for("the Deployment at minReplicas 0", || async {
+            (deployment_replicas(&client, &ns, "render").await == Some(0)).then_some(())
+        })
+        .await;
+        let jobs: Vec<String> = (0..12).map(|i| format!("job-{i}")).collect();
+        let mut push = vec!["RPUSH", "jobs"];
+        push.extend(jobs.iter().map(String::as_str));
+        redis_cli(redis.port, &push);
+        wait_for("3 replicas for 12 jobs", || async {
+            (deployment_replicas(&client, &ns, "render").await == Some(3)).then_some(())
+        })
+        .await;
+        let workers: Api<berth::api::Worker> = Api::namespaced(client.clone(), &ns);
+        let status = wait_for("the Worker status with the depth", || async {
+            let st = workers.get("render").await.ok()?.status?;
+            (st.queue_depth == Some(12)).then_some(st)
+        })
+        .await;
+        assert_eq!(status.desired_replicas, Some(3));
+
+        // A spec change (a new env var) while scaled: the pod template changes, the replica
+        // count stays the autoscaler's.
+        let patch = json!({"spec": {"env": [{"name": "MODE", "value": "fast"}]}});
+        workers
+            .patch("render", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let d = wait_for("the new env in the Deployment", || async {
+            let d = deployments.get("render").await.ok()?;
+            let env = d.spec.as_ref()?.template.spec.as_ref()?.containers[0].env.clone()?;
+            env.iter().any(|e| e.name == "MODE").then_some(d)
+        })
+        .await;
+        assert_eq!(d.spec.unwrap().replicas, Some(3), "a spec change must not reset the scaled replicas");
+
+        // Drained: back to zero.
+        redis_cli(redis.port, &["DEL", "jobs"]);
+        wait_for("0 replicas once the queue is empty", || async {
+            (deployment_replicas(&client, &ns, "render").await == Some(0)).then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+/// `kubectl scale worker X --replicas 4` on Workers without `scaling` (a standalone one and
+/// one an AppStack owns) sets their Deployments to 4, and nothing sets them back.
+#[tokio::test]
+async fn e2e_kubectl_scale_worker_is_kept() {
+    in_namespace("scale", |client, ns| async move {
+        let redis = redis_support::RedisServer::start_plain();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "queue"}, "stringData": {"url": redis.url()}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &secret).await;
+        let worker: berth::api::Worker = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Worker",
+            "metadata": {"name": "mailer"},
+            "spec": {"image": "registry.invalid/e2e/worker:1",
+                "queue": {"type": "list", "name": "mail", "redis": {"urlSecretRef": {"name": "queue", "key": "url"}}}}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &worker).await;
+        let stack: AppStack = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+            "metadata": {"name": "shop"},
+            "spec": {"api": {"image": "registry.invalid/e2e/api:1"}, "redis": {},
+                "workers": [{"name": "jobs", "image": "registry.invalid/e2e/w:1",
+                    "queue": {"type": "list", "name": "jobs"}}]}
+        }))
+        .unwrap();
+        apply_obj(&client, &ns, &stack).await;
+        for name in ["mailer", "shop-jobs"] {
+            wait_for(&format!("the {name} Deployment at 1"), || async {
+                (deployment_replicas(&client, &ns, name).await == Some(1)).then_some(())
+            })
+            .await;
+        }
+        let workers: Api<berth::api::Worker> = Api::namespaced(client.clone(), &ns);
+        let scale = json!({"spec": {"replicas": 4}});
+        for name in ["mailer", "shop-jobs"] {
+            workers
+                .patch_scale(name, &PatchParams::default(), &Patch::Merge(&scale))
+                .await
+                .unwrap_or_else(|e| panic!("kubectl scale worker {name}: {e}"));
+        }
+        for name in ["mailer", "shop-jobs"] {
+            wait_for(&format!("the {name} Deployment at 4"), || async {
+                (deployment_replicas(&client, &ns, name).await == Some(4)).then_some(())
+            })
+            .await;
+        }
+        // The AppStack is changed and reconciled again; the Workers are reconciled again too.
+        let stacks: Api<AppStack> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"spec": {"api": {"env": [{"name": "A", "value": "1"}]}}});
+        stacks
+            .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        wait_for("the stack's new generation observed", || async {
+            let s = stacks.get("shop").await.ok()?;
+            (s.status?.observed_generation == s.metadata.generation).then_some(())
+        })
+        .await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        wait_for("the api Deployment with the new env", || async {
+            let d = deployments.get("shop-api").await.ok()?;
+            let env = d.spec?.template.spec?.containers[0].env.clone()?;
+            env.iter().any(|e| e.name == "A").then_some(())
+        })
+        .await;
+        for name in ["mailer", "shop-jobs"] {
+            let touch = json!({"metadata": {"annotations": {"e2e/touch": "1"}}});
+            workers
+                .patch(name, &PatchParams::default(), &Patch::Merge(&touch))
+                .await
+                .unwrap();
+        }
+        // Both Workers keep 4 in the spec and in their Deployments after those reconciles.
+        for name in ["mailer", "shop-jobs"] {
+            wait_for(&format!("{name}: status with 4 desired"), || async {
+                let w = workers.get(name).await.ok()?;
+                (w.spec.replicas == Some(4) && w.status?.desired_replicas == Some(4)).then_some(())
+            })
+            .await;
+            assert_eq!(deployment_replicas(&client, &ns, name).await, Some(4), "{name} reverted");
+        }
+    })
+    .await;
+}

@@ -124,8 +124,13 @@ pub async fn create_namespace(client: &Client, test: &str) -> String {
     ns
 }
 
-/// Deletes a namespace in the background (its objects go with it).
+/// Deletes a namespace in the background (its objects go with it); `BERTH_E2E_KEEP=1` keeps
+/// it for inspection.
 pub async fn delete_namespace(client: &Client, ns: &str) {
+    if std::env::var("BERTH_E2E_KEEP").is_ok_and(|v| v == "1") {
+        eprintln!("BERTH_E2E_KEEP=1: namespace {ns} kept for inspection");
+        return;
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Err(e) = namespaces.delete(ns, &DeleteParams::background()).await {
         eprintln!("cleanup: cannot delete namespace {ns}: {e}");
