@@ -358,6 +358,32 @@ fn every_cel_rule_fires_and_berth_validate_agrees() {
             "must be <= maxReplicas",
         ),
         (
+            "AppStack",
+            stack(
+                json!({"api": api, "redis": {}, "workers": [{"name": "proxy", "image": "w:1", "queue": {"type": "list", "name": "q"}}]}),
+            ),
+            "is used by berth itself (reserved: api, postgres, redis, proxy)",
+        ),
+        (
+            "AppStack",
+            stack(
+                json!({"api": api, "workers": [{"name": "a", "image": "w:1", "queue": {"type": "list", "name": "q"}}]}),
+            ),
+            "add spec.redis to the stack",
+        ),
+        (
+            "AppStack",
+            stack(json!({"api": api, "backup": {"schedule": "0 2 * * *"}})),
+            "there is no database in this stack to back up",
+        ),
+        (
+            "AppStack",
+            stack(
+                json!({"api": api, "redis": {}, "workers": [{"name": "a", "image": "w:1", "queue": {"type": "list", "name": "q"}}], "services": [{"name": "a", "image": "s:1", "port": 80}]}),
+            ),
+            "worker and service names must be unique in a stack",
+        ),
+        (
             "Worker",
             worker(json!({"image": "w:1", "queue": {"type": "list", "name": "q"}})),
             "a worker needs a Redis",

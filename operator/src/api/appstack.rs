@@ -37,10 +37,14 @@ use super::worker::{QueueSpec, Scaling};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.tls) || has(self.domain)").message("tls needs spec.domain: set the domain the certificate is for, or remove tls"))]
+#[x_kube(validation = Rule::new("!has(self.workers) || size(self.workers) == 0 || has(self.redis)").message("workers need a Redis: add spec.redis to the stack (in-stack or external)"))]
+#[x_kube(validation = Rule::new("!has(self.backup) || has(self.postgres)").message("backup needs spec.postgres: there is no database in this stack to back up"))]
+#[x_kube(validation = Rule::new("!has(self.workers) || !has(self.services) || self.workers.all(w, !self.services.exists(s, s.name == w.name))").message("a worker and a service share a name: worker and service names must be unique in a stack"))]
 pub struct AppStackSpec {
     /// Public DNS name of the stack. Without it nothing is exposed outside the cluster or host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::api::patterns::DNS_NAME))]
     pub domain: Option<String>,
     /// TLS for `domain`: a reference to a berth Certificate, or an issuer from which berth creates
     /// a Certificate named `<stack>-tls`.
@@ -76,6 +80,7 @@ pub struct StackTls {
     /// Name of a berth Certificate in the same namespace whose Secret serves the domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::api::patterns::DNS_NAME))]
     pub certificate_ref: Option<String>,
     /// Shorthand: berth creates the Certificate `<stack>-tls` for `domain` with this issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,6 +93,7 @@ pub struct StackTls {
 pub struct ApiSpec {
     /// Container image, e.g. `ghcr.io/acme/api:1.4.2`.
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: String,
     /// Number of replicas.
     #[serde(default = "one")]
@@ -119,6 +125,7 @@ pub struct ApiSpec {
     pub routes: Vec<Route>,
     /// Largest request body the proxy accepts, as a quantity (e.g. `500Mi`); default `1Mi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub max_body_size: Option<String>,
 }
 
@@ -161,6 +168,7 @@ pub struct RateLimit {
 /// Redis and `DATABASE_URL`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.name in ['api', 'postgres', 'redis', 'proxy'])").message("this name is used by berth itself (reserved: api, postgres, redis, proxy); choose another name"))]
 pub struct StackWorker {
     /// Name inside the stack (a DNS label).
     #[schemars(
@@ -170,6 +178,7 @@ pub struct StackWorker {
     pub name: String,
     /// Container image.
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: String,
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -213,6 +222,7 @@ pub struct PostgresSpec {
     /// Full image reference instead of `version`. It must follow the official image's
     /// conventions (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, PGDATA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: Option<String>,
     /// Database name; default: the stack's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,6 +230,7 @@ pub struct PostgresSpec {
     pub database: Option<String>,
     /// Size of the data volume, a quantity (default `10Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub storage: Option<String>,
     /// CPU and memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,13 +252,16 @@ pub struct RedisSpec {
     pub version: Option<String>,
     /// Full image reference instead of `version`; it must accept `redis-server` arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: Option<String>,
     /// `maxmemory` of the server, a quantity (e.g. `256Mi`); the policy is `noeviction` so
     /// queued jobs are never evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub max_memory: Option<String>,
     /// Size of a volume for append-only persistence; without it Redis keeps no data on restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub storage: Option<String>,
     /// CPU and memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,6 +283,7 @@ pub struct ServiceSpec {
     pub name: String,
     /// Container image.
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: String,
     /// Port the service listens on.
     #[schemars(range(min = 1, max = 65535))]
@@ -285,6 +300,7 @@ pub struct ServiceSpec {
     pub env: Vec<EnvVar>,
     /// Size of a persistent data volume, a quantity; makes it a StatefulSet on Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub storage: Option<String>,
     /// Where the data volume is mounted (default `/data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +319,7 @@ pub struct ServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct StackBackup {
     /// Cron schedule with 5 fields (minute hour day-of-month month day-of-week).
+    #[schemars(regex(pattern = crate::api::patterns::CRON))]
     pub schedule: String,
     /// IANA time zone of the schedule.
     #[serde(default = "super::backup::default_time_zone")]

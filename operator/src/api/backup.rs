@@ -39,7 +39,7 @@ use super::common::{SecretKeyRef, SecretRef};
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// Cron schedule with 5 fields (minute hour day-of-month month day-of-week).
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 100), regex(pattern = crate::api::patterns::CRON))]
     pub schedule: String,
     /// IANA time zone of the schedule, e.g. `Europe/Berlin`.
     #[serde(default = "default_time_zone")]
@@ -78,6 +78,7 @@ pub struct BackupDatabase {
     /// Dump the in-stack PostgreSQL (or external database) of this AppStack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::api::patterns::DNS_NAME))]
     pub app_stack_ref: Option<String>,
     /// A Secret key holding a `postgres://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +103,7 @@ pub struct BackupDestination {
 #[serde(rename_all = "camelCase")]
 pub struct VolumeDestination {
     /// Size of the volume, a quantity (e.g. `20Gi`).
+    #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub size: String,
     /// Storage class of the claim (Kubernetes); default: the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,13 +115,15 @@ pub struct VolumeDestination {
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
     /// Bucket name.
-    #[schemars(length(min = 3, max = 63))]
+    #[schemars(length(min = 3, max = 63), regex(pattern = crate::api::patterns::S3_BUCKET))]
     pub bucket: String,
     /// Key prefix, e.g. `vidgen/`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = crate::api::patterns::NO_LEADING_SLASH))]
     pub prefix: String,
     /// Endpoint URL of an S3-compatible service; empty for AWS.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = crate::api::patterns::URL_OR_EMPTY))]
     pub endpoint: String,
     /// Region; empty for the service's default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -164,6 +168,7 @@ pub struct Retention {
     pub keep_last: Option<i32>,
     /// Delete good backups older than this duration (e.g. `30d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub max_age: Option<String>,
 }
 

@@ -42,18 +42,25 @@ pub struct CertificateSpec {
     )]
     pub secret_name: String,
     /// DNS names the certificate is valid for; the first is the subject's common name.
-    #[schemars(length(min = 1, max = 100), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(regex(pattern = crate::api::patterns::DNS_NAME_OR_WILDCARD)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub dns_names: Vec<String>,
     /// Who signs it.
     pub issuer: CertIssuer,
     /// Lifetime for `selfSigned` and `ca` (ACME servers choose their own), a duration.
     #[serde(default = "default_duration")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub duration: String,
     /// How long before expiry to renew, a duration; default one third of the lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub renew_before: Option<String>,
     /// When the renewal job checks the certificate, a 5-field cron schedule (UTC).
     #[serde(default = "default_renewal_schedule")]
+    #[schemars(regex(pattern = crate::api::patterns::CRON))]
     pub renewal_schedule: String,
 }
 

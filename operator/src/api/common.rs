@@ -141,6 +141,7 @@ fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
         "nullable": true,
+        "pattern": crate::api::patterns::QUANTITY,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod backup;
 #[allow(clippy::duplicated_attributes)]
 pub mod certificate;
 pub mod common;
+pub mod patterns;
 pub mod reference;
 pub mod schedule;
 pub mod schema_check;

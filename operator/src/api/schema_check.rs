@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use regex::Regex;
 use serde_json::Value;
 
+use super::patterns;
 use super::validate::{FieldError, Path};
 
 /// Fields of `metadata` that a manifest may carry (ObjectMeta's writable fields).
@@ -275,6 +276,30 @@ fn pattern_message(pattern: &str, got: &str) -> String {
             "must be a DNS label: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (got {got:?})"
         ),
         "^[0-9]+(\\.[0-9]+)?$" => format!("must be a version number like \"16\" or \"7.2\" (got {got:?})"),
+        p if p == patterns::NO_LEADING_SLASH => format!("must not start with / (got {got:?})"),
+        p if p == patterns::CRON => format!(
+            "must be a cron schedule with 5 fields (minute hour day-of-month month day-of-week) or @daily-style (got {got:?})"
+        ),
+        p if p == patterns::S3_BUCKET => format!(
+            "must be an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-' (got {got:?})"
+        ),
+        p if p == patterns::URL_OR_EMPTY => format!("must be an http:// or https:// URL (got {got:?})"),
+        p if p == patterns::NOT_BLANK => "must not be blank".to_string(),
+        p if p == patterns::DURATION => {
+            format!("must be a duration like 90s, 15m, 12h or 30d (got {got:?})")
+        }
+        p if p == patterns::DNS_NAME => {
+            format!("must be a lowercase DNS name like app.example.com (got {got:?})")
+        }
+        p if p == patterns::DNS_NAME_OR_WILDCARD => format!(
+            "must be a lowercase DNS name like app.example.com or *.example.com (got {got:?})"
+        ),
+        p if p == patterns::QUANTITY => {
+            format!("must be a quantity like 500m, 512Mi or 10Gi (got {got:?})")
+        }
+        p if p == patterns::IMAGE => format!(
+            "must be an image reference like ghcr.io/acme/api:1.4.2 (lowercase repository, optional tag or @sha256 digest; got {got:?})"
+        ),
         _ => format!("must match the pattern {pattern} (got {got:?})"),
     }
 }

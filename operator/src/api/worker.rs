@@ -47,6 +47,7 @@ use super::common::{EnvVar, ExternalUrl, Resources};
 pub struct WorkerSpec {
     /// Container image.
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
     pub image: String,
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +65,7 @@ pub struct WorkerSpec {
     /// Take Redis (and `DATABASE_URL`) from this AppStack in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::api::patterns::DNS_NAME))]
     pub app_stack_ref: Option<String>,
     /// The queue this worker consumes.
     pub queue: QueueSpec,
@@ -89,7 +91,7 @@ pub struct QueueSpec {
     #[serde(rename = "type")]
     pub queue_type: QueueType,
     /// The queue's name as the framework knows it.
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = crate::api::patterns::NOT_BLANK))]
     pub name: String,
     /// Raw Redis key; overrides the name-to-key mapping of `type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,12 +162,15 @@ pub struct Scaling {
     pub activation_depth: i64,
     /// How often the queue is read (a duration such as `1s`).
     #[serde(default = "default_poll_interval")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub poll_interval: String,
     /// Scale up only to the lowest recommendation within this window.
     #[serde(default = "default_up_window")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub scale_up_stabilization: String,
     /// Scale down only to the highest recommendation within this window.
     #[serde(default = "default_down_window")]
+    #[schemars(regex(pattern = crate::api::patterns::DURATION))]
     pub scale_down_stabilization: String,
     /// Most replicas added in one step; 0 means unlimited.
     #[serde(default)]
