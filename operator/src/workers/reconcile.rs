@@ -142,15 +142,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                     "StackNotFound",
                     format!("AppStack {s} (appStackRef) does not exist in namespace {ns}: create it or fix appStackRef"),
                 );
-                return hold(&ctx, &id, c).await;
+                return hold(ctx, &id, c).await;
             }
         },
     };
-    let plan = match plan_worker(&worker, stack.as_ref()) {
+    let plan = match plan_worker(worker, stack.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             return hold(
-                &ctx,
+                ctx,
                 &id,
                 Cond::new("Ready", false, e.reason(), e.to_string()),
             )
@@ -164,7 +164,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                 Ok(p) => p,
                 Err(e) => {
                     return hold(
-                        &ctx,
+                        ctx,
                         &id,
                         Cond::new("Ready", false, "InvalidScaling", e.to_string()),
                     )
@@ -175,16 +175,16 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                 Ok(p) => p,
                 Err(e) => {
                     return hold(
-                        &ctx,
+                        ctx,
                         &id,
                         Cond::new("Ready", false, "InvalidQueue", e.to_string()),
                     )
                     .await
                 }
             };
-            let redis = match redis_target(&client, &ns, &worker, stack.as_ref()).await? {
+            let redis = match redis_target(&client, &ns, worker, stack.as_ref()).await? {
                 Ok(r) => r,
-                Err(c) => return hold(&ctx, &id, c).await,
+                Err(c) => return hold(ctx, &id, c).await,
             };
             Some(WorkerEntry {
                 id: id.clone(),
