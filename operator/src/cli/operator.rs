@@ -1,12 +1,19 @@
 //! `berth operator`: runs berth's Kubernetes controllers in a cluster (or against KUBECONFIG),
-//! behind a Lease so that only one replica reconciles, with /healthz, /readyz and /metrics on
-//! one port, and a graceful stop on SIGTERM.
+//! behind a Lease so that only one replica reconciles, with /healthz (liveness), /readyz (the
+//! CRDs are served and current, the caches are synced) and /metrics on one port.
+//!
+//! Lifecycle: wait to lead → wait until every berth CRD is served and current (checked again
+//! every few seconds, reported once a minute) → run the three controllers. SIGTERM/SIGINT end
+//! the process within `--shutdown-timeout-seconds` in every state: the controllers get what
+//! remains after reserving time for releasing the Lease, then their reconciles are cancelled,
+//! and the Lease is released so that a standby takes over at once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,9 +25,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::exit;
+use crate::controller::crd_check;
+use crate::controller::fence::{Fence, FenceLayer};
+use crate::controller::metrics::CrdMetrics;
+use crate::controller::synced::Synced;
 use crate::controller::{self, leader};
 use crate::k8s::network::IngressOptions;
 use crate::k8s::BuildOptions;
@@ -70,6 +81,14 @@ pub struct OperatorArgs {
     /// Seconds between attempts to acquire or renew.
     #[arg(long, default_value_t = 2)]
     pub retry_period_seconds: u64,
+    /// Seconds SIGTERM or SIGINT may take to stop the process, in every state: reconciles
+    /// still running are cancelled and the Lease is released within it.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
+    /// Check what the operator needs (API server reachable, CRDs served and current, RBAC
+    /// verbs granted to this identity), print it, and exit non-zero when something is missing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Why the operator stopped other than by a signal.
@@ -79,6 +98,10 @@ pub enum OperatorError {
         "cannot connect to Kubernetes: {0}; run in a pod with a service account, or set KUBECONFIG"
     )]
     Client(kube::Error),
+    #[error(
+        "cannot read the Kubernetes client configuration: {0}; run in a pod with a service account, or set KUBECONFIG"
+    )]
+    Config(kube::config::InferConfigError),
     #[error("cannot listen on {addr}: {source}; choose another --http-addr")]
     Listen {
         addr: SocketAddr,
@@ -104,16 +127,25 @@ pub fn run(args: OperatorArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    match runtime.block_on(operate(args)) {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            error!("{e}");
-            match e {
-                OperatorError::Client(_) | OperatorError::Listen { .. } => exit::USAGE,
-                _ => exit::INVALID,
+    let code = if args.check {
+        runtime.block_on(super::operator_check::run(&args))
+    } else {
+        match runtime.block_on(operate(args)) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                error!("{e}");
+                match e {
+                    OperatorError::Client(_)
+                    | OperatorError::Config(_)
+                    | OperatorError::Listen { .. } => exit::USAGE,
+                    _ => exit::INVALID,
+                }
             }
         }
-    }
+    };
+    // Blocking tasks (a DNS lookup, a file read) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
 }
 
 fn init_logging(format: LogFormat) {
@@ -127,21 +159,87 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// How long one API request of the controllers may wait for bytes (watches receive a bookmark
+/// at least every minute) and for a connection.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the CRDs are checked while they are fine, and while they are not.
+const CRD_RECHECK_OK: Duration = Duration::from_secs(15);
+const CRD_RECHECK_PROBLEM: Duration = Duration::from_secs(3);
+/// A missing CRD is logged at most this often.
+const CRD_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// The controllers' client (writes pass the leader's fence) and the elector's client (reads
+/// bounded by `lease_read_timeout`).
+pub async fn clients(
+    fence: Arc<Fence>,
+    lease_read_timeout: Duration,
+) -> Result<(kube::Client, kube::Client), OperatorError> {
+    let mut config = kube::Config::infer().await.map_err(OperatorError::Config)?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.reset_reader_on_write = true;
+    let mut lease = config.clone();
+    lease.read_timeout = Some(lease_read_timeout);
+    lease.connect_timeout = Some(lease_read_timeout.min(CONNECT_TIMEOUT));
+    config.read_timeout = Some(READ_TIMEOUT);
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(OperatorError::Client)?
+        .with_layer(&FenceLayer(fence))
+        .build();
+    let lease = kube::Client::try_from(lease).map_err(OperatorError::Client)?;
+    Ok((client, lease))
+}
+
 /// What /readyz and /metrics serve.
 struct HttpState {
     registry: Registry,
     stopping: AtomicBool,
+    /// Why the CRDs are not usable (empty: fine); `None` before the first check.
+    crd_problems: Mutex<Option<Vec<String>>>,
+    leading: AtomicBool,
+    /// One per controller, raised when its caches are synced.
+    synced: Vec<(&'static str, Synced)>,
 }
 
+impl HttpState {
+    /// `Ok` when ready, else why not.
+    fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("stopping".into());
+        }
+        match &*self.crd_problems.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => return Err("checking the CRDs".into()),
+            Some(p) if !p.is_empty() => return Err(p.join("\n")),
+            Some(_) => {}
+        }
+        if self.leading.load(Ordering::SeqCst) {
+            let waiting: Vec<&str> = self
+                .synced
+                .iter()
+                .filter(|(_, s)| !s.is_set())
+                .map(|(n, _)| *n)
+                .collect();
+            if !waiting.is_empty() {
+                return Err(format!(
+                    "caches of the {} controller(s) not synced yet",
+                    waiting.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Liveness only: the process serves requests.
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the CRDs are served and current and, on the leader, every cache is synced.
 async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
-    if s.stopping.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
-    } else {
-        (StatusCode::OK, "ok")
+    match s.readiness() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -198,21 +296,161 @@ async fn signal() {
     }
 }
 
+/// Checks the CRDs until `shutdown`: updates /readyz, the metrics and `ok`, and logs each
+/// problem as an error at most once a minute (and once when it is fixed).
+async fn watch_crds(
+    client: kube::Client,
+    state: Arc<HttpState>,
+    metrics: CrdMetrics,
+    ok: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut reported: HashMap<String, Instant> = HashMap::new();
+    let mut unreachable_reported: Option<Instant> = None;
+    loop {
+        let checked = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(READ_TIMEOUT.min(Duration::from_secs(10)), crd_check::check(&client)) => r,
+        };
+        let problems: Vec<String> = match checked {
+            Ok(Ok(problems)) => {
+                unreachable_reported = None;
+                for p in &problems {
+                    let crd = p.crd().to_string();
+                    metrics
+                        .unavailable
+                        .get_or_create(&CrdMetrics::labels(&crd))
+                        .set(1);
+                    if reported
+                        .get(&crd)
+                        .is_none_or(|t| t.elapsed() >= CRD_REPORT_EVERY)
+                    {
+                        error!(crd, "{p}");
+                        metrics
+                            .problems
+                            .get_or_create(&CrdMetrics::labels(&crd))
+                            .inc();
+                        reported.insert(crd, Instant::now());
+                    }
+                }
+                let fixed: Vec<String> = reported
+                    .keys()
+                    .filter(|c| !problems.iter().any(|p| p.crd() == c.as_str()))
+                    .cloned()
+                    .collect();
+                for crd in fixed {
+                    info!(crd, "CRD {crd} is served and current now");
+                    metrics
+                        .unavailable
+                        .get_or_create(&CrdMetrics::labels(&crd))
+                        .set(0);
+                    reported.remove(&crd);
+                }
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Ok(Err(e)) => {
+                if unreachable_reported.is_none_or(|t| t.elapsed() >= CRD_REPORT_EVERY) {
+                    warn!(error = %e, "cannot check berth's CRDs");
+                    unreachable_reported = Some(Instant::now());
+                }
+                vec![e.to_string()]
+            }
+            Err(_) => {
+                if unreachable_reported.is_none_or(|t| t.elapsed() >= CRD_REPORT_EVERY) {
+                    warn!("cannot check berth's CRDs: the API server did not answer in time");
+                    unreachable_reported = Some(Instant::now());
+                }
+                vec!["the API server did not answer the CRD check in time".into()]
+            }
+        };
+        let fine = problems.is_empty();
+        *state.crd_problems.lock().unwrap_or_else(|p| p.into_inner()) = Some(problems);
+        ok.send_replace(fine);
+        let pause = if fine {
+            CRD_RECHECK_OK
+        } else {
+            CRD_RECHECK_PROBLEM
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Time limits of a stop, derived from `--shutdown-timeout-seconds`.
+#[derive(Clone, Copy, Debug)]
+struct StopBudget {
+    /// From the signal to the hard exit.
+    total: Duration,
+    /// Reserved for releasing the Lease and closing the HTTP server.
+    release: Duration,
+}
+
+impl StopBudget {
+    fn new(total: Duration, lease_attempt: Duration) -> Self {
+        StopBudget {
+            total,
+            release: lease_attempt.min(total / 3),
+        }
+    }
+
+    /// How long the controllers may take to stop, counted from the signal.
+    fn controllers(&self) -> Duration {
+        self.total
+            .saturating_sub(self.release)
+            .saturating_sub(Duration::from_millis(500))
+    }
+}
+
 async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(OperatorError::Client)?;
+    let lease_cfg = leader::LeaseConfig {
+        name: args.leader_election_id.clone(),
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        identity: args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("berth-{}", crate::plan::wiring::random_hex(4))),
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
+        retry_period: Duration::from_secs(args.retry_period_seconds),
+    };
+    let budget = StopBudget::new(
+        Duration::from_secs(args.shutdown_timeout_seconds),
+        lease_cfg.attempt_timeout(),
+    );
+    let fence = if args.leader_elect {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    let (client, lease_client) = clients(fence.clone(), lease_cfg.attempt_timeout()).await?;
+
     let shutdown = CancellationToken::new();
+    // When the signal came: the controllers' stop deadline counts from it.
+    let signalled: Arc<Mutex<Option<Instant>>> = Arc::default();
     {
-        let shutdown = shutdown.clone();
+        let (shutdown, signalled) = (shutdown.clone(), signalled.clone());
+        let total = budget.total;
         tokio::spawn(async move {
             signal().await;
-            info!("signal received: stopping");
+            *signalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            info!(within = ?total, "signal received: stopping");
             shutdown.cancel();
+            // The last resort, on a thread of its own so a stuck runtime cannot hold it.
+            std::thread::spawn(move || {
+                std::thread::sleep(total);
+                error!(within = ?total, "did not stop within the shutdown timeout: exiting now");
+                std::process::exit(i32::from(exit::INVALID));
+            });
         });
     }
 
-    // Every controller's metrics are registered before the registry is served.
+    // Every metric is registered before the registry is served.
     let mut registry = Registry::default();
     let leader_gauge = Gauge::<i64>::default();
     registry.register(
@@ -220,16 +458,25 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         "1 while this replica holds the leader Lease and runs the controllers",
         leader_gauge.clone(),
     );
+    fence.register(&mut registry);
+    let crd_metrics = CrdMetrics::register(&mut registry);
     let appstack_metrics = Arc::new(controller::Metrics::register(&mut registry));
     // The Worker and Backup controllers run under the same Lease, each with its own metrics.
     let worker_metrics = Arc::new(crate::workers::Metrics::register(&mut registry));
     let backup_metrics = Arc::new(crate::backup::kube::controller::Metrics::register(
         &mut registry,
     ));
-
+    let synced = [
+        ("AppStack", Synced::default()),
+        ("Worker", Synced::default()),
+        ("Backup", Synced::default()),
+    ];
     let state = Arc::new(HttpState {
         registry,
         stopping: AtomicBool::new(false),
+        crd_problems: Mutex::new(None),
+        leading: AtomicBool::new(false),
+        synced: synced.to_vec(),
     });
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -243,8 +490,10 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
             source,
         })?;
     info!(addr = %args.http_addr, "serving /healthz, /readyz, /metrics");
+    // Stopped last, after the Lease is released: /readyz answers "stopping" meanwhile.
+    let http_stop = CancellationToken::new();
     let http = {
-        let stop = shutdown.clone();
+        let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
@@ -252,44 +501,152 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         })
     };
 
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("berth-{}", crate::plan::wiring::random_hex(4)));
-    // `work` stops the controllers: on a signal, or when the lease is lost.
-    let work = shutdown.child_token();
+    let (crds_ok_tx, mut crds_ok) = tokio::sync::watch::channel(false);
+    let crd_task = tokio::spawn(watch_crds(
+        client.clone(),
+        state.clone(),
+        crd_metrics,
+        crds_ok_tx,
+        shutdown.clone(),
+    ));
+
+    let result = lead_and_run(
+        &args,
+        lease_cfg,
+        lease_client,
+        client,
+        fence,
+        &state,
+        &mut crds_ok,
+        &synced,
+        [appstack_metrics.clone()],
+        worker_metrics,
+        backup_metrics,
+        &leader_gauge,
+        &shutdown,
+        &signalled,
+        budget,
+    )
+    .await;
+
+    state.stopping.store(true, Ordering::SeqCst);
+    shutdown.cancel();
+    crd_task.abort();
+    http_stop.cancel();
+    // Open connections (a scraper's keep-alive) must not hold the exit.
+    let mut http = http;
+    if tokio::time::timeout(Duration::from_millis(300), &mut http)
+        .await
+        .is_err()
+    {
+        http.abort();
+    }
+    info!("stopped");
+    result
+}
+
+/// Waits to lead, then for the CRDs, then runs the controllers until a signal, a lost Lease or
+/// a controller's error; stops them within the budget and releases the Lease.
+#[allow(clippy::too_many_arguments)]
+async fn lead_and_run(
+    args: &OperatorArgs,
+    lease_cfg: leader::LeaseConfig,
+    lease_client: kube::Client,
+    client: kube::Client,
+    fence: Arc<Fence>,
+    state: &Arc<HttpState>,
+    crds_ok: &mut tokio::sync::watch::Receiver<bool>,
+    synced: &[(&'static str, Synced); 3],
+    [appstack_metrics]: [Arc<controller::Metrics>; 1],
+    worker_metrics: Arc<crate::workers::Metrics>,
+    backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    leader_gauge: &Gauge<i64>,
+    shutdown: &CancellationToken,
+    signalled: &Arc<Mutex<Option<Instant>>>,
+    budget: StopBudget,
+) -> Result<(), OperatorError> {
+    let identity = lease_cfg.identity.clone();
+    // `lost` is cancelled by the elector; `release` tells it to give the Lease up.
     let lost = CancellationToken::new();
+    let release = CancellationToken::new();
     let mut lease_task = None;
     if args.leader_elect {
-        let cfg = leader::LeaseConfig {
-            name: args.leader_election_id.clone(),
-            namespace: args
-                .leader_election_namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
-            retry_period: Duration::from_secs(args.retry_period_seconds),
-        };
-        info!(identity, lease = %cfg.name, namespace = %cfg.namespace, "waiting to lead");
-        let mut elector = leader::Elector::new(client.clone(), cfg);
-        if !elector.acquire(&shutdown).await {
-            state.stopping.store(true, Ordering::Relaxed);
-            let _ = http.await;
+        info!(identity, lease = %lease_cfg.name, namespace = %lease_cfg.namespace, "waiting to lead");
+        let mut elector = leader::Elector::new(lease_client, lease_cfg).with_fence(fence);
+        if !elector.acquire(shutdown).await {
             return Ok(());
         }
-        let (s, l, w) = (shutdown.clone(), lost.clone(), work.clone());
-        lease_task = Some(tokio::spawn(async move {
-            elector.keep(s, l.clone()).await;
-            if l.is_cancelled() {
-                w.cancel();
-            }
-        }));
+        let (r, l) = (release.clone(), lost.clone());
+        lease_task = Some(tokio::spawn(async move { elector.keep(r, l).await }));
     }
     leader_gauge.set(1);
+    state.leading.store(true, Ordering::SeqCst);
 
+    let result = run_controllers(
+        args,
+        client,
+        identity,
+        crds_ok,
+        synced,
+        appstack_metrics,
+        worker_metrics,
+        backup_metrics,
+        shutdown,
+        &lost,
+        signalled,
+        budget,
+    )
+    .await;
+
+    leader_gauge.set(0);
+    state.stopping.store(true, Ordering::SeqCst);
+    let mut result = result;
+    if lost.is_cancelled() {
+        result = result.and(Err(OperatorError::LostLease));
+    }
+    // Releases the Lease (bounded by the elector's attempt timeout): the standby takes over.
+    release.cancel();
+    if let Some(mut t) = lease_task {
+        if tokio::time::timeout(budget.release, &mut t).await.is_err() {
+            warn!("releasing the Lease took too long: leaving it to expire");
+            t.abort();
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_controllers(
+    args: &OperatorArgs,
+    client: kube::Client,
+    identity: String,
+    crds_ok: &mut tokio::sync::watch::Receiver<bool>,
+    synced: &[(&'static str, Synced); 3],
+    appstack_metrics: Arc<controller::Metrics>,
+    worker_metrics: Arc<crate::workers::Metrics>,
+    backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
+    signalled: &Arc<Mutex<Option<Instant>>>,
+    budget: StopBudget,
+) -> Result<(), OperatorError> {
+    // The controllers start once every CRD is served and current (no restart needed).
+    if !*crds_ok.borrow() {
+        info!("waiting for berth's CRDs before starting the controllers");
+    }
+    loop {
+        if *crds_ok.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = lost.cancelled() => return Ok(()),
+            changed = crds_ok.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+
+    // `work` stops the controllers: on a signal, when the lease is lost, or when one stops.
+    let work = shutdown.child_token();
     let settings = controller::Settings {
         namespace: args.namespace.clone(),
         build: BuildOptions {
@@ -299,6 +656,7 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
             },
         },
         instance: Some(identity),
+        synced: Some(synced[0].1.clone()),
     };
     let mut controllers = JoinSet::new();
     spawn_controller(
@@ -306,54 +664,67 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         "AppStack",
         controller::run_with(client.clone(), settings, appstack_metrics, work.clone()),
     );
-    // Every controller has the same shape `run(client, namespace, metrics, shutdown)`.
     spawn_controller(
         &mut controllers,
         "Worker",
-        crate::workers::run(
+        crate::workers::run_synced(
             client.clone(),
             args.namespace.clone(),
             worker_metrics,
             work.clone(),
+            synced[1].1.clone(),
         ),
     );
     spawn_controller(
         &mut controllers,
         "Backup",
-        crate::backup::kube::controller::run(
+        crate::backup::kube::controller::run_synced(
             client.clone(),
             args.namespace.clone(),
             backup_metrics,
             work.clone(),
+            synced[2].1.clone(),
         ),
     );
 
-    // The first controller to stop (an error, or `work` cancelled) stops them all.
     let mut result = Ok(());
-    while let Some(done) = controllers.join_next().await {
-        work.cancel();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = result.and(Err(e)),
-            Err(join) => {
-                result = result.and(Err(OperatorError::Controller {
-                    name: "task",
-                    message: join.to_string(),
-                }))
+    let mut record = |done: Result<Result<(), OperatorError>, tokio::task::JoinError>| match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => result = std::mem::replace(&mut result, Ok(())).and(Err(e)),
+        Err(join) if join.is_cancelled() => {}
+        Err(join) => {
+            result = std::mem::replace(&mut result, Ok(())).and(Err(OperatorError::Controller {
+                name: "task",
+                message: join.to_string(),
+            }))
+        }
+    };
+    // The first of: a signal, the lease lost, a controller stopped.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = lost.cancelled() => {}
+        done = controllers.join_next() => if let Some(done) = done { record(done) },
+    }
+    work.cancel();
+    let since = signalled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(Instant::now);
+    let deadline = tokio::time::Instant::from_std(since + budget.controllers());
+    loop {
+        match tokio::time::timeout_at(deadline, controllers.join_next()).await {
+            Ok(Some(done)) => record(done),
+            Ok(None) => break,
+            Err(_) => {
+                warn!(
+                    controllers = controllers.len(),
+                    "controllers did not stop in time: cancelling their reconciles"
+                );
+                controllers.abort_all();
+                while controllers.join_next().await.is_some() {}
+                break;
             }
         }
     }
-    leader_gauge.set(0);
-    state.stopping.store(true, Ordering::Relaxed);
-    if lost.is_cancelled() {
-        result = result.and(Err(OperatorError::LostLease));
-    }
-    // Releases the lease (the standby takes over at once) and stops serving.
-    shutdown.cancel();
-    if let Some(t) = lease_task {
-        let _ = t.await;
-    }
-    let _ = http.await;
-    info!("stopped");
     result
 }

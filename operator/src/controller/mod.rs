@@ -11,11 +11,14 @@
 //! Deletion is Kubernetes' garbage collection through the controller ownerReferences: no
 //! finalizer, since nothing outside the cluster needs cleaning.
 
+pub mod crd_check;
 pub mod diff;
+pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod status;
+pub mod synced;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -134,6 +137,8 @@ pub struct Settings {
     pub build: BuildOptions,
     /// `reportingInstance` of Events (the pod name).
     pub instance: Option<String>,
+    /// Raised once every cache holds a first complete list (for /readyz).
+    pub synced: Option<synced::Synced>,
 }
 
 /// Reflector caches of everything the controller reads while reconciling.
@@ -324,6 +329,7 @@ pub async fn run_with(
         watcher::Config::default().any_semantic(),
     );
     let stacks = controller.store();
+    let stacks_synced = stacks.clone();
     let c = &client;
     let controller = controller
         .owns_stream(reflect(
@@ -376,7 +382,7 @@ pub async fn run_with(
             ),
             move |cert| stacks_for_certificate(&stacks, &cert),
         )
-        .graceful_shutdown_on(shutdown.cancelled_owned());
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let ctx = Arc::new(Context::new(
         client,
         stores,
@@ -384,6 +390,14 @@ pub async fn run_with(
         settings.instance,
         metrics,
     ));
+    if let Some(synced) = settings.synced.clone() {
+        tokio::spawn(mark_synced(
+            stacks_synced,
+            ctx.stores.clone(),
+            synced,
+            shutdown.clone(),
+        ));
+    }
     info!(
         namespace = ns.unwrap_or("<all>"),
         "AppStack controller started"
@@ -399,6 +413,34 @@ pub async fn run_with(
         .await;
     info!("AppStack controller stopped");
     Ok(())
+}
+
+/// Raises `synced` once the AppStack cache and every child cache hold a first list.
+async fn mark_synced(
+    stacks: Store<DeserializeGuard<AppStack>>,
+    s: Stores,
+    synced: synced::Synced,
+    shutdown: CancellationToken,
+) {
+    let all = async {
+        stacks.wait_until_ready().await.ok()?;
+        s.deployments.wait_until_ready().await.ok()?;
+        s.stateful_sets.wait_until_ready().await.ok()?;
+        s.services.wait_until_ready().await.ok()?;
+        s.ingresses.wait_until_ready().await.ok()?;
+        s.network_policies.wait_until_ready().await.ok()?;
+        s.secrets.wait_until_ready().await.ok()?;
+        s.workers.wait_until_ready().await.ok()?;
+        s.certificates.wait_until_ready().await.ok()?;
+        s.backups.wait_until_ready().await.ok()
+    };
+    tokio::select! {
+        done = all => if done.is_some() {
+            info!("AppStack controller caches synced");
+            synced.set();
+        },
+        _ = shutdown.cancelled() => {}
+    }
 }
 
 /// The stacks a Certificate concerns: its controller owner, and stacks referring to it.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Worker;
 use crate::autoscale::Driver;
+use crate::controller::synced::Synced;
 
 pub use metrics::Metrics;
 pub use reconcile::{error_policy, reconcile, worker_id, Context, ReconcileError};
@@ -62,6 +63,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkersError> {
+    run_synced(client, namespace, metrics, shutdown, Synced::default()).await
+}
+
+/// [`run`], raising `synced` once the Worker cache holds a first list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Synced,
+) -> Result<(), WorkersError> {
     let (workers, deployments): (Api<Worker>, Api<Deployment>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -86,6 +98,15 @@ pub async fn run(
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();
+    {
+        let (store, token) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                r = store.wait_until_ready() => if r.is_ok() { synced.set() },
+                _ = token.cancelled() => {}
+            }
+        });
+    }
 
     // Workers deleted while nothing polled them: forget them (their Deployments go with them
     // through the ownerReference).
