@@ -656,13 +656,18 @@ async fn run_controllers(
             },
         },
         instance: Some(identity),
-        synced: Some(synced[0].1.clone()),
     };
     let mut controllers = JoinSet::new();
     spawn_controller(
         &mut controllers,
         "AppStack",
-        controller::run_with(client.clone(), settings, appstack_metrics, work.clone()),
+        controller::run_synced(
+            client.clone(),
+            settings,
+            appstack_metrics,
+            work.clone(),
+            Some(synced[0].1.clone()),
+        ),
     );
     spawn_controller(
         &mut controllers,

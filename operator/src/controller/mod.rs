@@ -137,8 +137,6 @@ pub struct Settings {
     pub build: BuildOptions,
     /// `reportingInstance` of Events (the pod name).
     pub instance: Option<String>,
-    /// Raised once every cache holds a first complete list (for /readyz).
-    pub synced: Option<synced::Synced>,
 }
 
 /// Reflector caches of everything the controller reads while reconciling.
@@ -319,17 +317,30 @@ pub async fn run_with(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_synced(client, settings, metrics, shutdown, None).await
+}
+
+/// [`run_with`], raising `synced` once every cache holds a first complete list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Option<synced::Synced>,
+) -> Result<(), Error> {
     let ns = settings.namespace.as_deref();
     let (stores, w) = stores();
     let children = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
-    let controller = Controller::new(
+    let main_synced = synced::Synced::default();
+    let (trigger, reader) = synced::main_watch(
         scoped::<DeserializeGuard<AppStack>>(&client, ns),
         watcher::Config::default().any_semantic(),
+        main_synced.clone(),
     );
+    let controller = Controller::for_stream(trigger, reader);
     let stacks = controller.store();
-    let stacks_synced = stacks.clone();
     let c = &client;
     let controller = controller
         .owns_stream(reflect(
@@ -390,9 +401,9 @@ pub async fn run_with(
         settings.instance,
         metrics,
     ));
-    if let Some(synced) = settings.synced.clone() {
+    if let Some(synced) = synced {
         tokio::spawn(mark_synced(
-            stacks_synced,
+            main_synced,
             ctx.stores.clone(),
             synced,
             shutdown.clone(),
@@ -417,22 +428,24 @@ pub async fn run_with(
 
 /// Raises `synced` once the AppStack cache and every child cache hold a first list.
 async fn mark_synced(
-    stacks: Store<DeserializeGuard<AppStack>>,
+    main: synced::Synced,
     s: Stores,
     synced: synced::Synced,
     shutdown: CancellationToken,
 ) {
     let all = async {
-        stacks.wait_until_ready().await.ok()?;
-        s.deployments.wait_until_ready().await.ok()?;
-        s.stateful_sets.wait_until_ready().await.ok()?;
-        s.services.wait_until_ready().await.ok()?;
-        s.ingresses.wait_until_ready().await.ok()?;
-        s.network_policies.wait_until_ready().await.ok()?;
-        s.secrets.wait_until_ready().await.ok()?;
-        s.workers.wait_until_ready().await.ok()?;
-        s.certificates.wait_until_ready().await.ok()?;
-        s.backups.wait_until_ready().await.ok()
+        while !main.is_set() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        synced::store_ready(&s.deployments).await.then_some(())?;
+        synced::store_ready(&s.stateful_sets).await.then_some(())?;
+        synced::store_ready(&s.services).await.then_some(())?;
+        synced::store_ready(&s.ingresses).await.then_some(())?;
+        synced::store_ready(&s.network_policies).await.then_some(())?;
+        synced::store_ready(&s.secrets).await.then_some(())?;
+        synced::store_ready(&s.workers).await.then_some(())?;
+        synced::store_ready(&s.certificates).await.then_some(())?;
+        synced::store_ready(&s.backups).await.then_some(())
     };
     tokio::select! {
         done = all => if done.is_some() {

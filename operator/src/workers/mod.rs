@@ -91,22 +91,15 @@ pub async fn run_synced(
     let token = shutdown.clone();
     let autoscaler = tokio::spawn(async move { driver.run(token).await });
 
-    let controller = Controller::new(workers, watcher::Config::default())
+    let (trigger, reader) =
+        crate::controller::synced::main_watch(workers, watcher::Config::default(), synced);
+    let controller = Controller::for_stream(trigger, reader)
         .owns(
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=berth"),
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();
-    {
-        let (store, token) = (store.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                r = store.wait_until_ready() => if r.is_ok() { synced.set() },
-                _ = token.cancelled() => {}
-            }
-        });
-    }
 
     // Workers deleted while nothing polled them: forget them (their Deployments go with them
     // through the ownerReference).

@@ -144,17 +144,9 @@ pub async fn run_synced(
     };
     let ctx = Arc::new(Context::new(client, metrics, image));
     let managed = watcher::Config::default().labels(BACKUP_LABEL);
-    let controller = Controller::new(backups, watcher::Config::default());
-    {
-        let (store, token) = (controller.store(), shutdown.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                r = store.wait_until_ready() => if r.is_ok() { synced.set() },
-                _ = token.cancelled() => {}
-            }
-        });
-    }
-    controller
+    let (trigger, reader) =
+        crate::controller::synced::main_watch(backups, watcher::Config::default(), synced);
+    Controller::for_stream(trigger, reader)
         .owns(cron_jobs, managed.clone())
         .watches(jobs, managed, |job: Job| {
             let name = job.labels().get(BACKUP_LABEL).cloned()?;

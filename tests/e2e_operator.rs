@@ -1,0 +1,580 @@
+//! `berth operator` (the real binary, as a child process) against a real Kubernetes API server:
+//! its lifecycle. Each test gives the operator its own Lease (in a fresh namespace) and watches
+//! only that namespace, so it never competes with other tests.
+//!
+//! - started before the CRDs: errors naming each CRD and the command that installs it, /readyz
+//!   503, then the CRDs applied → it reconciles without a restart and /readyz is 200 (this one
+//!   runs on a second, control-plane-only cluster where deleting berth's CRDs harms no one:
+//!   `BERTH_E2E_SCRATCH_KUBECONFIG`, started by .ci/setup);
+//! - SIGTERM while waiting to lead, while leading with a missing CRD, and with reconciles in
+//!   flight → exit 0 within the bound, the Lease's holder cleared;
+//! - a leader frozen with SIGSTOP loses the Lease to the standby, and when it resumes it sends
+//!   no write before it stops.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use cluster::{wait_for, wait_for_within};
+
+const LEASE: &str = "berth-e2e-operator";
+/// The operator's default --shutdown-timeout-seconds.
+const BOUND: Duration = Duration::from_secs(10);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `berth operator` whose JSON log lines are collected; killed when dropped.
+struct Operator {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<Value>>>,
+    name: String,
+}
+
+impl Operator {
+    fn start(kubeconfig: &str, ns: &str, identity: &str, extra: &[&str]) -> Operator {
+        let port = free_port();
+        let mut args = vec![
+            "operator".to_string(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--log-format".into(),
+            "json".into(),
+            "--identity".into(),
+            identity.into(),
+            "--namespace".into(),
+            ns.into(),
+            "--leader-election-namespace".into(),
+            ns.into(),
+            "--leader-election-id".into(),
+            LEASE.into(),
+            "--retry-period-seconds".into(),
+            "1".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,berth::fence=debug")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .env_remove("BERTH_NAMESPACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("berth operator starts");
+        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        let who = identity.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| json!({"message": line, "unparsed": true}));
+                eprintln!("[{who}] {line}");
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Operator {
+            child,
+            port,
+            lines,
+            name: identity.into(),
+        }
+    }
+
+    fn message_count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| pred(l)).count()
+    }
+
+    fn logged(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.message_count(pred) > 0
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    async fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) {
+        let name = self.name.clone();
+        wait_for(&format!("{name}: log line {what}"), || {
+            let seen = self.logged(&pred);
+            if !seen {
+                if let Ok(Some(s)) = self.child.try_wait() {
+                    panic!("{name} exited ({s}) before logging {what}");
+                }
+            }
+            async move { seen.then_some(()) }
+        })
+        .await
+    }
+
+    /// GET on the operator's HTTP port: (status, body).
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let port = self.port;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || http_get(port, &path))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn wait_ready(&self, want: u16) -> String {
+        wait_for(&format!("{}: /readyz {want}", self.name), || async {
+            let (code, body) = self.get("/readyz").await?;
+            (code == want).then_some(body)
+        })
+        .await
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.name);
+    }
+
+    /// Waits (up to `limit`) for the process to exit: its status and how long it took.
+    async fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let name = self.name.clone();
+        let status = wait_for_within(limit, &format!("{name} to exit"), || {
+            let s = self.child.try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        (status, start.elapsed())
+    }
+
+    /// SIGTERM: must exit 0 within the bound. Returns how long it took.
+    async fn terminate(&mut self) -> Duration {
+        self.signal("-TERM");
+        // The polling of wait_for adds up to 250 ms to the measured time.
+        let (status, took) = self.wait_exit(BOUND + Duration::from_secs(1)).await;
+        assert!(status.success(), "{} exited with {status}", self.name);
+        println!("{}: exited 0 {took:?} after SIGTERM", self.name);
+        took
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((code, body))
+}
+
+fn message(l: &Value) -> &str {
+    l["message"].as_str().unwrap_or_default()
+}
+
+async fn holder(client: &Client, ns: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    leases
+        .get(LEASE)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+async fn assert_released(client: &Client, ns: &str) {
+    assert_eq!(holder(client, ns).await, None, "the Lease still has a holder");
+}
+
+fn stack(name: &str) -> Value {
+    json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+        "metadata": {"name": name},
+        "spec": {"api": {"image": "registry.invalid/e2e/api:1"}}
+    })
+}
+
+async fn apply(client: &Client, ns: &str, obj: Value) {
+    let res = kube::core::ApiResource {
+        group: "berth.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "berth.dev/v1alpha1".into(),
+        kind: "AppStack".into(),
+        plural: "appstacks".into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &res);
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply(cluster::MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying AppStack {name}: {e}"));
+}
+
+/// Deployments berth made in `ns`.
+async fn deployments(client: &Client, ns: &str) -> Vec<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=berth"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scratch cluster: a second, control-plane-only cluster where berth's CRDs may be deleted.
+
+const SCRATCH_ENV: &str = "BERTH_E2E_SCRATCH_KUBECONFIG";
+
+fn scratch_kubeconfig() -> Option<String> {
+    match std::env::var(SCRATCH_ENV) {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !in_ci,
+                "CI=true but {SCRATCH_ENV} is not set: .ci/setup starts the scratch control plane and prints it"
+            );
+            eprintln!("SKIPPED: {SCRATCH_ENV} is not set (a control-plane-only cluster whose CRDs the test may delete; .ci/setup starts one)");
+            None
+        }
+    }
+}
+
+async fn client_for(path: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    berth::tls::install_default_provider();
+    Client::try_from(config).unwrap()
+}
+
+async fn delete_berth_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in berth::api::crds() {
+        let name = crd.name_any();
+        let _ = crds.delete(&name, &DeleteParams::default()).await;
+        wait_for(&format!("CRD {name} gone"), || async {
+            crds.get_opt(&name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+}
+
+/// The CRDs, with `spec.scaling.onQueueUnavailable` cut out of the Worker's schema: an older
+/// CRD than the operator.
+async fn install_outdated_worker_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut worker = berth::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "Worker")
+        .unwrap();
+    let mut v = serde_json::to_value(&worker).unwrap();
+    let scaling = v
+        .pointer_mut(
+            "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/scaling/properties",
+        )
+        .expect("Worker spec.scaling has properties");
+    scaling.as_object_mut().unwrap().remove("onQueueUnavailable");
+    // CEL rules may name the removed field: drop the rules of `scaling`.
+    if let Some(s) =
+        v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/scaling")
+    {
+        s.as_object_mut()
+            .unwrap()
+            .remove("x-kubernetes-validations");
+    }
+    worker = serde_json::from_value(v).unwrap();
+    crds.patch(
+        &worker.name_any(),
+        &PatchParams::apply(cluster::MANAGER).force(),
+        &Patch::Apply(&worker),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the apiserver refused the cut-down Worker CRD: {e}"));
+}
+
+#[tokio::test]
+async fn e2e_operator_started_before_the_crds_reports_them_then_reconciles_without_restart() {
+    let Some(path) = scratch_kubeconfig() else {
+        return;
+    };
+    let client = client_for(&path).await;
+    delete_berth_crds(&client).await;
+    let ns = cluster::create_namespace(&client, "lc-crd").await;
+
+    // 1. Leading with the CRDs missing: errors naming each CRD, /readyz 503, a metric; SIGTERM
+    //    ends it within the bound and releases the Lease.
+    let mut op = Operator::start(&path, &ns, "lc-crd-1", &[]);
+    op.wait_log("became the leader", |l| message(l) == "became the leader")
+        .await;
+    for crd in [
+        "appstacks.berth.dev",
+        "workers.berth.dev",
+        "certificates.berth.dev",
+        "backups.berth.dev",
+    ] {
+        op.wait_log(&format!("an error naming {crd}"), |l| {
+            l["level"] == "ERROR"
+                && message(l).contains(&format!("CRD {crd} is not installed"))
+                && message(l).contains("kubectl apply --server-side -f crds/")
+        })
+        .await;
+    }
+    let body = op.wait_ready(503).await;
+    assert!(body.contains("appstacks.berth.dev"), "{body}");
+    assert_eq!(op.get("/healthz").await.unwrap().0, 200, "liveness stays ok");
+    let (_, metrics) = op.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("berth_crd_problems_total{crd=\"appstacks.berth.dev\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_crd_unavailable{crd=\"appstacks.berth.dev\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(holder(&client, &ns).await.as_deref(), Some("lc-crd-1"));
+    op.terminate().await;
+    assert_released(&client, &ns).await;
+    drop(op);
+
+    // 2. A second operator, the CRDs still missing; then an outdated Worker CRD (named with its
+    //    missing field); then the right CRDs: it reconciles and becomes ready without a restart.
+    let mut op = Operator::start(&path, &ns, "lc-crd-2", &[]);
+    op.wait_log("an error naming appstacks.berth.dev", |l| {
+        message(l).contains("CRD appstacks.berth.dev is not installed")
+    })
+    .await;
+    op.wait_ready(503).await;
+    install_outdated_worker_crd(&client).await;
+    op.wait_log("the outdated Worker CRD named with its field", |l| {
+        l["level"] == "ERROR"
+            && message(l).contains("CRD workers.berth.dev is older than this operator")
+            && message(l).contains("spec.scaling.onQueueUnavailable")
+    })
+    .await;
+    cluster::install_crds(&client).await;
+    op.wait_log("controllers started", |l| {
+        message(l) == "AppStack controller started"
+    })
+    .await;
+    apply(&client, &ns, stack("late")).await;
+    wait_for("the AppStack reconciled (its Deployment)", || async {
+        (!deployments(&client, &ns).await.is_empty()).then_some(())
+    })
+    .await;
+    op.wait_ready(200).await;
+    let (_, metrics) = op.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("berth_crd_unavailable{crd=\"appstacks.berth.dev\"} 0"),
+        "{metrics}"
+    );
+    op.terminate().await;
+    assert_released(&client, &ns).await;
+    cluster::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn e2e_operator_sigterm_while_waiting_to_lead() {
+    let Some(path) = cluster::kubeconfig_path() else {
+        return;
+    };
+    cluster::with_namespace("lc-wait", |client, ns| async move {
+        // Someone else holds the Lease for an hour.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let now = serde_json::to_value(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        )
+        .unwrap();
+        leases
+            .patch(
+                LEASE,
+                &PatchParams::apply(cluster::MANAGER),
+                &Patch::Apply(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": LEASE},
+                    "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 3600,
+                        "renewTime": now, "acquireTime": now}
+                })),
+            )
+            .await
+            .unwrap();
+        let mut op = Operator::start(&path, &ns, "lc-wait", &[]);
+        op.wait_log("waiting to lead", |l| message(l) == "waiting to lead")
+            .await;
+        // A standby with the CRDs served is ready (a rollout must not wait for it to lead).
+        op.wait_ready(200).await;
+        let (_, metrics) = op.get("/metrics").await.unwrap();
+        assert!(metrics.contains("berth_leader 0"), "{metrics}");
+        op.terminate().await;
+        assert!(!op.logged(|l| message(l) == "became the leader"));
+        assert_eq!(holder(&client, &ns).await.as_deref(), Some("someone-else"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e_operator_sigterm_with_reconciles_in_flight() {
+    let Some(path) = cluster::kubeconfig_path() else {
+        return;
+    };
+    cluster::with_namespace("lc-busy", |client, ns| async move {
+        let mut op = Operator::start(&path, &ns, "lc-busy", &[]);
+        op.wait_ready(200).await;
+        // Many stacks at once; SIGTERM as soon as the first child exists.
+        const STACKS: usize = 12;
+        for i in 0..STACKS {
+            apply(&client, &ns, stack(&format!("busy-{i}"))).await;
+        }
+        wait_for("a first Deployment", || async {
+            (!deployments(&client, &ns).await.is_empty()).then_some(())
+        })
+        .await;
+        op.terminate().await;
+        let made = deployments(&client, &ns).await.len();
+        println!("{made} of {STACKS} stacks had their Deployment when the operator stopped");
+        assert_released(&client, &ns).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e_operator_frozen_leader_loses_the_lease_and_never_writes_after_resume() {
+    let Some(path) = cluster::kubeconfig_path() else {
+        return;
+    };
+    cluster::with_namespace("lc-freeze", |client, ns| async move {
+        const LEASE_S: u64 = 4;
+        const RETRY_S: u64 = 1;
+        let timing = [
+            "--lease-duration-seconds",
+            "4",
+            "--renew-deadline-seconds",
+            "3",
+        ];
+        let mut a = Operator::start(&path, &ns, "lc-a", &timing);
+        a.wait_log("a leads", |l| message(l) == "became the leader")
+            .await;
+        a.wait_ready(200).await;
+        apply(&client, &ns, stack("frozen")).await;
+        wait_for("a reconciles the stack", || async {
+            (!deployments(&client, &ns).await.is_empty()).then_some(())
+        })
+        .await;
+        let mut b = Operator::start(&path, &ns, "lc-b", &timing);
+        b.wait_log("b waits", |l| message(l) == "waiting to lead")
+            .await;
+
+        a.signal("-STOP");
+        let frozen = Instant::now();
+        wait_for("b takes the Lease", || async {
+            (holder(&client, &ns).await.as_deref() == Some("lc-b")).then_some(())
+        })
+        .await;
+        let takeover = frozen.elapsed();
+        println!("takeover: b holds the Lease {takeover:?} after a was frozen (lease duration {LEASE_S} s)");
+        // b judges expiry from when it saw the last renewal (at most one retry period before the
+        // freeze) and tries once per retry period.
+        assert!(
+            takeover <= Duration::from_secs(LEASE_S + 2 * RETRY_S + 1),
+            "takeover took {takeover:?}"
+        );
+        let transitions = |l: Lease| l.spec.and_then(|s| s.lease_transitions);
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let after_takeover = transitions(leases.get(LEASE).await.unwrap());
+
+        // Work for the frozen leader: a changed spec and a deleted child, both of which it will
+        // see on its open watches when it resumes. b repairs them meanwhile.
+        let mut changed = stack("frozen");
+        changed["spec"]["api"]["replicas"] = json!(2);
+        apply(&client, &ns, changed).await;
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let first = deployments(&client, &ns).await[0].name_any();
+        deploys
+            .delete(&first, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for("b applies the change", || async {
+            let d = deploys.get(&first).await.ok()?;
+            (d.spec?.replicas == Some(2)).then_some(())
+        })
+        .await;
+
+        // Everything a logged before the freeze has been read by now (it wrote nothing while
+        // stopped): the lines from here on are the resumed process's.
+        let before = a.line_count();
+        let writes_before = a.message_count(|l| message(l) == "write sent");
+        assert!(writes_before > 0, "a's writes are logged (berth::fence=debug)");
+        a.signal("-CONT");
+        let (status, _) = a.wait_exit(Duration::from_secs(30)).await;
+        let after: Vec<Value> = a.lines.lock().unwrap()[before..].to_vec();
+        let sent: Vec<&Value> = after
+            .iter()
+            .filter(|l| message(l) == "write sent")
+            .collect();
+        let refused = after
+            .iter()
+            .filter(|l| message(l).starts_with("write refused"))
+            .count();
+        println!(
+            "a after resume: exit {status}, {} write(s) sent, {refused} refused",
+            sent.len()
+        );
+        assert!(sent.is_empty(), "the old leader wrote after resuming: {sent:?}");
+        assert!(
+            !status.success(),
+            "a lost the Lease: it exits non-zero so that it restarts"
+        );
+        // The apiserver's view: b still holds the Lease, no transition since the takeover.
+        let lease = leases.get(LEASE).await.unwrap();
+        assert_eq!(
+            lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).as_deref(),
+            Some("lc-b")
+        );
+        assert_eq!(transitions(lease), after_takeover);
+
+        b.terminate().await;
+        assert_released(&client, &ns).await;
+    })
+    .await;
+}
