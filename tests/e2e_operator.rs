@@ -578,3 +578,98 @@ async fn e2e_operator_frozen_leader_loses_the_lease_and_never_writes_after_resum
     })
     .await;
 }
+
+/// A kubeconfig like `path` whose user acts as `system:serviceaccount:<ns>:<sa>`.
+fn impersonating_kubeconfig(path: &str, ns: &str, sa: &str, dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Value = serde_norway::from_str(&text).unwrap();
+    for u in v["users"].as_array_mut().unwrap() {
+        u["user"]["as"] = json!(format!("system:serviceaccount:{ns}:{sa}"));
+    }
+    let out = dir.join("impersonating.kubeconfig");
+    std::fs::write(&out, serde_norway::to_string(&v).unwrap()).unwrap();
+    out.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn e2e_operator_check_names_a_missing_verb() {
+    let Some(path) = cluster::kubeconfig_path() else {
+        return;
+    };
+    cluster::with_namespace("lc-check", |client, ns| async move {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let pp = PatchParams::apply(cluster::MANAGER).force();
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        sas.patch("op", &pp, &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}})))
+            .await
+            .unwrap();
+        // The chart's rules (and the Lease's), granted in this namespace only.
+        let role = |drop: Option<(&str, &str)>| {
+            let mut rules: Vec<Value> = berth::cli::operator_check::cluster_rules()
+                .unwrap()
+                .into_iter()
+                .filter(|(_, r, v)| drop != Some((r.as_str(), v.as_str())))
+                .map(|(g, r, v)| json!({"apiGroups": [g], "resources": [r], "verbs": [v]}))
+                .collect();
+            rules.push(json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "create", "update"]}));
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "op"}, "rules": rules})
+        };
+        let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+        roles.patch("op", &pp, &Patch::Apply(role(None))).await.unwrap();
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        bindings
+            .patch("op", &pp, &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "op"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+                "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": ns}]})))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = impersonating_kubeconfig(&path, &ns, "op", dir.path());
+        let check = || {
+            let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["operator", "--check", "--namespace", &ns])
+                .args(["--leader-election-namespace", &ns])
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("BERTH_NAMESPACE")
+                .env_remove("POD_NAMESPACE")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            println!("{text}");
+            (out.status, text)
+        };
+        // Everything granted (RBAC is evaluated at once, but allow the authorizer's cache).
+        let (status, text) = wait_for("--check passes with the full Role", || {
+            let r = check();
+            async move { r.0.success().then_some(r) }
+        })
+        .await;
+        assert!(status.success(), "{text}");
+        assert!(text.contains("everything the operator needs is there"), "{text}");
+
+        // One verb taken away: named, exit non-zero.
+        roles
+            .patch("op", &pp, &Patch::Apply(role(Some(("deployments", "delete")))))
+            .await
+            .unwrap();
+        let (status, text) = wait_for("--check names the missing verb", || {
+            let r = check();
+            async move { (!r.0.success()).then_some(r) }
+        })
+        .await;
+        assert_eq!(status.code(), Some(1), "{text}");
+        let missing: Vec<&str> = text.lines().filter(|l| l.starts_with("MISSING")).collect();
+        assert_eq!(
+            missing,
+            [format!("MISSING  RBAC: delete deployments.apps in namespace {ns}").as_str()],
+            "{text}"
+        );
+    })
+    .await;
+}

@@ -4,7 +4,7 @@ mod backup;
 mod crds;
 mod host;
 mod operator;
-mod operator_check;
+pub mod operator_check;
 mod queue;
 mod render;
 mod validate;
