@@ -103,7 +103,12 @@ impl Operator {
     }
 
     fn message_count(&self, pred: impl Fn(&Value) -> bool) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| pred(l)).count()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| pred(l))
+            .count()
     }
 
     fn logged(&self, pred: impl Fn(&Value) -> bool) -> bool {
@@ -199,7 +204,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     Some((code, body))
 }
 
@@ -219,7 +228,11 @@ async fn holder(client: &Client, ns: &str) -> Option<String> {
 }
 
 async fn assert_released(client: &Client, ns: &str) {
-    assert_eq!(holder(client, ns).await, None, "the Lease still has a holder");
+    assert_eq!(
+        holder(client, ns).await,
+        None,
+        "the Lease still has a holder"
+    );
 }
 
 fn stack(name: &str) -> Value {
@@ -313,7 +326,10 @@ async fn install_outdated_worker_crd(client: &Client) {
             "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/scaling/properties",
         )
         .expect("Worker spec.scaling has properties");
-    scaling.as_object_mut().unwrap().remove("onQueueUnavailable");
+    scaling
+        .as_object_mut()
+        .unwrap()
+        .remove("onQueueUnavailable");
     // CEL rules may name the removed field: drop the rules of `scaling`.
     if let Some(s) =
         v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/scaling")
@@ -361,7 +377,11 @@ async fn e2e_operator_started_before_the_crds_reports_them_then_reconciles_witho
     }
     let body = op.wait_ready(503).await;
     assert!(body.contains("appstacks.berth.dev"), "{body}");
-    assert_eq!(op.get("/healthz").await.unwrap().0, 200, "liveness stays ok");
+    assert_eq!(
+        op.get("/healthz").await.unwrap().0,
+        200,
+        "liveness stays ok"
+    );
     let (_, metrics) = op.get("/metrics").await.unwrap();
     assert!(
         metrics.contains("berth_crd_problems_total{crd=\"appstacks.berth.dev\"} 1"),
@@ -420,11 +440,9 @@ async fn e2e_operator_sigterm_while_waiting_to_lead() {
     cluster::with_namespace("lc-wait", |client, ns| async move {
         // Someone else holds the Lease for an hour.
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-        let now = serde_json::to_value(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                k8s_openapi::jiff::Timestamp::now(),
-            ),
-        )
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
         .unwrap();
         leases
             .patch(
@@ -601,10 +619,14 @@ async fn e2e_operator_check_names_a_missing_verb() {
         use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
         let pp = PatchParams::apply(cluster::MANAGER).force();
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        sas.patch("op", &pp, &Patch::Apply(json!({
-            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}})))
-            .await
-            .unwrap();
+        sas.patch(
+            "op",
+            &pp,
+            &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}})),
+        )
+        .await
+        .unwrap();
         // The chart's rules (and the Lease's), granted in this namespace only.
         let role = |drop: Option<(&str, &str)>| {
             let mut rules: Vec<Value> = berth::cli::operator_check::cluster_rules()
@@ -613,20 +635,29 @@ async fn e2e_operator_check_names_a_missing_verb() {
                 .filter(|(_, r, v)| drop != Some((r.as_str(), v.as_str())))
                 .map(|(g, r, v)| json!({"apiGroups": [g], "resources": [r], "verbs": [v]}))
                 .collect();
-            rules.push(json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                "verbs": ["get", "create", "update"]}));
+            rules.push(
+                json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "create", "update"]}),
+            );
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": {"name": "op"}, "rules": rules})
         };
         let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
-        roles.patch("op", &pp, &Patch::Apply(role(None))).await.unwrap();
+        roles
+            .patch("op", &pp, &Patch::Apply(role(None)))
+            .await
+            .unwrap();
         let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
         bindings
-            .patch("op", &pp, &Patch::Apply(json!({
+            .patch(
+                "op",
+                &pp,
+                &Patch::Apply(json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                 "metadata": {"name": "op"},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
-                "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": ns}]})))
+                "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": ns}]})),
+            )
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -651,11 +682,18 @@ async fn e2e_operator_check_names_a_missing_verb() {
         })
         .await;
         assert!(status.success(), "{text}");
-        assert!(text.contains("everything the operator needs is there"), "{text}");
+        assert!(
+            text.contains("everything the operator needs is there"),
+            "{text}"
+        );
 
         // One verb taken away: named, exit non-zero.
         roles
-            .patch("op", &pp, &Patch::Apply(role(Some(("deployments", "delete")))))
+            .patch(
+                "op",
+                &pp,
+                &Patch::Apply(role(Some(("deployments", "delete")))),
+            )
             .await
             .unwrap();
         let (status, text) = wait_for("--check names the missing verb", || {

@@ -121,7 +121,9 @@ pub async fn run(args: &OperatorArgs) -> u8 {
     let mut config = match kube::Config::infer().await {
         Ok(c) => c,
         Err(e) => {
-            println!("MISSING  a Kubernetes client configuration: {e}; set KUBECONFIG or run in a pod");
+            println!(
+                "MISSING  a Kubernetes client configuration: {e}; set KUBECONFIG or run in a pod"
+            );
             return exit::INVALID;
         }
     };
@@ -166,7 +168,9 @@ pub async fn run(args: &OperatorArgs) -> u8 {
             .map(|(g, r, v)| (v, g, r, ns.clone()))
             .collect(),
         Err(e) => {
-            missing.push(format!("the list of RBAC rules built into berth is unreadable: {e}"));
+            missing.push(format!(
+                "the list of RBAC rules built into berth is unreadable: {e}"
+            ));
             Vec::new()
         }
     };

@@ -212,10 +212,7 @@ pub async fn check(client: &Client) -> Result<Vec<CrdProblem>, CheckError> {
             schemas = Some(openapi(client).await?);
         }
         // A kind just established may not be published in OpenAPI yet: judged on the next check.
-        let Some(schema) = schemas
-            .as_ref()
-            .and_then(|s| s.get(openapi_name(&r.kind)))
-        else {
+        let Some(schema) = schemas.as_ref().and_then(|s| s.get(openapi_name(&r.kind))) else {
             continue;
         };
         let missing = missing_paths(&r.paths, schema);
@@ -296,6 +293,9 @@ mod tests {
         };
         let text = p.to_string();
         assert!(text.contains("workers.berth.dev") && text.contains("spec.b.c"));
-        assert!(text.contains("kubectl apply --server-side -f crds/"), "{text}");
+        assert!(
+            text.contains("kubectl apply --server-side -f crds/"),
+            "{text}"
+        );
     }
 }

@@ -139,7 +139,7 @@ where
                 self.fence.refused.inc();
                 warn!(target: TARGET, %method, path, "write refused: the leader Lease is not fresh");
                 return Box::pin(std::future::ready(Err(
-                    Box::new(NotLeading { method, path }) as BoxError
+                    Box::new(NotLeading { method, path }) as BoxError,
                 )));
             }
             self.fence.sent.inc();

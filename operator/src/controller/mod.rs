@@ -441,7 +441,9 @@ async fn mark_synced(
         synced::store_ready(&s.stateful_sets).await.then_some(())?;
         synced::store_ready(&s.services).await.then_some(())?;
         synced::store_ready(&s.ingresses).await.then_some(())?;
-        synced::store_ready(&s.network_policies).await.then_some(())?;
+        synced::store_ready(&s.network_policies)
+            .await
+            .then_some(())?;
         synced::store_ready(&s.secrets).await.then_some(())?;
         synced::store_ready(&s.workers).await.then_some(())?;
         synced::store_ready(&s.certificates).await.then_some(())?;
