@@ -490,7 +490,16 @@ async fn e2e_operator_sigterm_with_reconciles_in_flight() {
         .await;
         op.terminate().await;
         let made = deployments(&client, &ns).await.len();
-        println!("{made} of {STACKS} stacks had their Deployment when the operator stopped");
+        // Writes logged after the signal: reconciles that were in flight and finished.
+        let lines = op.lines.lock().unwrap().clone();
+        let after_signal = lines
+            .iter()
+            .skip_while(|l| message(l) != "signal received: stopping")
+            .filter(|l| message(l) == "write sent")
+            .count();
+        println!(
+            "{made} of {STACKS} stacks had their Deployment when the operator stopped; {after_signal} write(s) of in-flight reconciles after SIGTERM"
+        );
         assert_released(&client, &ns).await;
     })
     .await;
