@@ -5,6 +5,7 @@ mod crds;
 mod host;
 mod operator;
 pub mod operator_check;
+mod operator_ready;
 mod queue;
 mod render;
 mod validate;
