@@ -11,7 +11,7 @@ build:
 ## real Kubernetes of ../shared/k8s), then formatting, lints and every test (unit, contract,
 ## integration, Kubernetes e2e). `make check` skips the setup.
 test:
-	@env=$$(bash .ci/setup) || exit 1; eval "$$env"; export BERTH_E2E_KUBECONFIG; $(MAKE) --no-print-directory check
+	@env=$$(bash .ci/setup) || exit 1; eval "$$env"; export BERTH_E2E_KUBECONFIG BERTH_E2E_SCRATCH_KUBECONFIG; $(MAKE) --no-print-directory check
 
 check:
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,8 @@ mod backup;
 mod crds;
 mod host;
 mod operator;
+pub mod operator_check;
+mod operator_ready;
 mod queue;
 mod render;
 mod validate;

@@ -1,16 +1,19 @@
 //! `berth operator`: runs berth's Kubernetes controllers in a cluster (or against KUBECONFIG),
-//! behind a Lease so that only one replica reconciles, with /healthz, /readyz and /metrics on
-//! one port, and a graceful stop on SIGTERM.
+//! behind a Lease so that only one replica reconciles, with /healthz (liveness), /readyz (the
+//! CRDs are served and current, the caches are synced) and /metrics on one port.
+//!
+//! Lifecycle: wait to lead → wait until every berth CRD is served and current (checked again
+//! every few seconds, reported once a minute) → run the three controllers. SIGTERM/SIGINT end
+//! the process within `--shutdown-timeout-seconds` in every state: the controllers get what
+//! remains after reserving time for releasing the Lease, then their reconciles are cancelled,
+//! and the Lease is released so that a standby takes over at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use clap::{Args, ValueEnum};
@@ -18,9 +21,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::exit;
+use super::operator_ready::{healthz, metrics, readyz, watch_crds, HttpState};
+use crate::controller::fence::{Fence, FenceLayer};
+use crate::controller::metrics::CrdMetrics;
+use crate::controller::synced::Synced;
 use crate::controller::{self, leader};
 use crate::k8s::network::IngressOptions;
 use crate::k8s::BuildOptions;
@@ -70,6 +77,14 @@ pub struct OperatorArgs {
     /// Seconds between attempts to acquire or renew.
     #[arg(long, default_value_t = 2)]
     pub retry_period_seconds: u64,
+    /// Seconds SIGTERM or SIGINT may take to stop the process, in every state: reconciles
+    /// still running are cancelled and the Lease is released within it.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
+    /// Check what the operator needs (API server reachable, CRDs served and current, RBAC
+    /// verbs granted to this identity), print it, and exit non-zero when something is missing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Why the operator stopped other than by a signal.
@@ -79,6 +94,10 @@ pub enum OperatorError {
         "cannot connect to Kubernetes: {0}; run in a pod with a service account, or set KUBECONFIG"
     )]
     Client(kube::Error),
+    #[error(
+        "cannot read the Kubernetes client configuration: {0}; run in a pod with a service account, or set KUBECONFIG"
+    )]
+    Config(kube::config::InferConfigError),
     #[error("cannot listen on {addr}: {source}; choose another --http-addr")]
     Listen {
         addr: SocketAddr,
@@ -104,16 +123,25 @@ pub fn run(args: OperatorArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    match runtime.block_on(operate(args)) {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            error!("{e}");
-            match e {
-                OperatorError::Client(_) | OperatorError::Listen { .. } => exit::USAGE,
-                _ => exit::INVALID,
+    let code = if args.check {
+        runtime.block_on(super::operator_check::run(&args))
+    } else {
+        match runtime.block_on(operate(args)) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                error!("{e}");
+                match e {
+                    OperatorError::Client(_)
+                    | OperatorError::Config(_)
+                    | OperatorError::Listen { .. } => exit::USAGE,
+                    _ => exit::INVALID,
+                }
             }
         }
-    }
+    };
+    // Blocking tasks (a DNS lookup, a file read) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
 }
 
 fn init_logging(format: LogFormat) {
@@ -127,38 +155,30 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-/// What /readyz and /metrics serve.
-struct HttpState {
-    registry: Registry,
-    stopping: AtomicBool,
-}
+/// How long one API request of the controllers may wait for bytes (watches receive a bookmark
+/// at least every minute) and for a connection.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
-    if s.stopping.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
-    } else {
-        (StatusCode::OK, "ok")
-    }
-}
-
-async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+/// The controllers' client (writes pass the leader's fence) and the elector's client (reads
+/// bounded by `lease_read_timeout`).
+pub async fn clients(
+    fence: Arc<Fence>,
+    lease_read_timeout: Duration,
+) -> Result<(kube::Client, kube::Client), OperatorError> {
+    let mut config = kube::Config::infer().await.map_err(OperatorError::Config)?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.reset_reader_on_write = true;
+    let mut lease = config.clone();
+    lease.read_timeout = Some(lease_read_timeout);
+    lease.connect_timeout = Some(lease_read_timeout.min(CONNECT_TIMEOUT));
+    config.read_timeout = Some(READ_TIMEOUT);
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(OperatorError::Client)?
+        .with_layer(&FenceLayer(fence))
+        .build();
+    let lease = kube::Client::try_from(lease).map_err(OperatorError::Client)?;
+    Ok((client, lease))
 }
 
 /// Runs a controller as a task; its error (if any) names it.
@@ -198,21 +218,79 @@ async fn signal() {
     }
 }
 
+/// Time limits of a stop, derived from `--shutdown-timeout-seconds`.
+#[derive(Clone, Copy, Debug)]
+struct StopBudget {
+    /// From the signal to the hard exit.
+    total: Duration,
+    /// Reserved for releasing the Lease and closing the HTTP server.
+    release: Duration,
+}
+
+impl StopBudget {
+    fn new(total: Duration, lease_attempt: Duration) -> Self {
+        StopBudget {
+            total,
+            release: lease_attempt.min(total / 3),
+        }
+    }
+
+    /// How long the controllers may take to stop, counted from the signal.
+    fn controllers(&self) -> Duration {
+        self.total
+            .saturating_sub(self.release)
+            .saturating_sub(Duration::from_millis(500))
+    }
+}
+
 async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(OperatorError::Client)?;
+    let lease_cfg = leader::LeaseConfig {
+        name: args.leader_election_id.clone(),
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        identity: args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("berth-{}", crate::plan::wiring::random_hex(4))),
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
+        retry_period: Duration::from_secs(args.retry_period_seconds),
+    };
+    let budget = StopBudget::new(
+        Duration::from_secs(args.shutdown_timeout_seconds),
+        lease_cfg.attempt_timeout(),
+    );
+    let fence = if args.leader_elect {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    let (client, lease_client) = clients(fence.clone(), lease_cfg.attempt_timeout()).await?;
+
     let shutdown = CancellationToken::new();
+    // When the signal came: the controllers' stop deadline counts from it.
+    let signalled: Arc<Mutex<Option<Instant>>> = Arc::default();
     {
-        let shutdown = shutdown.clone();
+        let (shutdown, signalled) = (shutdown.clone(), signalled.clone());
+        let total = budget.total;
         tokio::spawn(async move {
             signal().await;
-            info!("signal received: stopping");
+            *signalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            info!(within = ?total, "signal received: stopping");
             shutdown.cancel();
+            // The last resort, on a thread of its own so a stuck runtime cannot hold it.
+            std::thread::spawn(move || {
+                std::thread::sleep(total);
+                error!(within = ?total, "did not stop within the shutdown timeout: exiting now");
+                std::process::exit(i32::from(exit::INVALID));
+            });
         });
     }
 
-    // Every controller's metrics are registered before the registry is served.
+    // Every metric is registered before the registry is served.
     let mut registry = Registry::default();
     let leader_gauge = Gauge::<i64>::default();
     registry.register(
@@ -220,16 +298,25 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         "1 while this replica holds the leader Lease and runs the controllers",
         leader_gauge.clone(),
     );
+    fence.register(&mut registry);
+    let crd_metrics = CrdMetrics::register(&mut registry);
     let appstack_metrics = Arc::new(controller::Metrics::register(&mut registry));
     // The Worker and Backup controllers run under the same Lease, each with its own metrics.
     let worker_metrics = Arc::new(crate::workers::Metrics::register(&mut registry));
     let backup_metrics = Arc::new(crate::backup::kube::controller::Metrics::register(
         &mut registry,
     ));
-
+    let synced = [
+        ("AppStack", Synced::default()),
+        ("Worker", Synced::default()),
+        ("Backup", Synced::default()),
+    ];
     let state = Arc::new(HttpState {
         registry,
         stopping: AtomicBool::new(false),
+        crd_problems: Mutex::new(None),
+        leading: AtomicBool::new(false),
+        synced: synced.to_vec(),
     });
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -243,8 +330,10 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
             source,
         })?;
     info!(addr = %args.http_addr, "serving /healthz, /readyz, /metrics");
+    // Stopped last, after the Lease is released: /readyz answers "stopping" meanwhile.
+    let http_stop = CancellationToken::new();
     let http = {
-        let stop = shutdown.clone();
+        let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
@@ -252,44 +341,152 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         })
     };
 
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("berth-{}", crate::plan::wiring::random_hex(4)));
-    // `work` stops the controllers: on a signal, or when the lease is lost.
-    let work = shutdown.child_token();
+    let (crds_ok_tx, mut crds_ok) = tokio::sync::watch::channel(false);
+    let crd_task = tokio::spawn(watch_crds(
+        client.clone(),
+        state.clone(),
+        crd_metrics,
+        crds_ok_tx,
+        shutdown.clone(),
+    ));
+
+    let result = lead_and_run(
+        &args,
+        lease_cfg,
+        lease_client,
+        client,
+        fence,
+        &state,
+        &mut crds_ok,
+        &synced,
+        [appstack_metrics.clone()],
+        worker_metrics,
+        backup_metrics,
+        &leader_gauge,
+        &shutdown,
+        &signalled,
+        budget,
+    )
+    .await;
+
+    state.stopping.store(true, Ordering::SeqCst);
+    shutdown.cancel();
+    crd_task.abort();
+    http_stop.cancel();
+    // Open connections (a scraper's keep-alive) must not hold the exit.
+    let mut http = http;
+    if tokio::time::timeout(Duration::from_millis(300), &mut http)
+        .await
+        .is_err()
+    {
+        http.abort();
+    }
+    info!("stopped");
+    result
+}
+
+/// Waits to lead, then for the CRDs, then runs the controllers until a signal, a lost Lease or
+/// a controller's error; stops them within the budget and releases the Lease.
+#[allow(clippy::too_many_arguments)]
+async fn lead_and_run(
+    args: &OperatorArgs,
+    lease_cfg: leader::LeaseConfig,
+    lease_client: kube::Client,
+    client: kube::Client,
+    fence: Arc<Fence>,
+    state: &Arc<HttpState>,
+    crds_ok: &mut tokio::sync::watch::Receiver<bool>,
+    synced: &[(&'static str, Synced); 3],
+    [appstack_metrics]: [Arc<controller::Metrics>; 1],
+    worker_metrics: Arc<crate::workers::Metrics>,
+    backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    leader_gauge: &Gauge<i64>,
+    shutdown: &CancellationToken,
+    signalled: &Arc<Mutex<Option<Instant>>>,
+    budget: StopBudget,
+) -> Result<(), OperatorError> {
+    let identity = lease_cfg.identity.clone();
+    // `lost` is cancelled by the elector; `release` tells it to give the Lease up.
     let lost = CancellationToken::new();
+    let release = CancellationToken::new();
     let mut lease_task = None;
     if args.leader_elect {
-        let cfg = leader::LeaseConfig {
-            name: args.leader_election_id.clone(),
-            namespace: args
-                .leader_election_namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
-            retry_period: Duration::from_secs(args.retry_period_seconds),
-        };
-        info!(identity, lease = %cfg.name, namespace = %cfg.namespace, "waiting to lead");
-        let mut elector = leader::Elector::new(client.clone(), cfg);
-        if !elector.acquire(&shutdown).await {
-            state.stopping.store(true, Ordering::Relaxed);
-            let _ = http.await;
+        info!(identity, lease = %lease_cfg.name, namespace = %lease_cfg.namespace, "waiting to lead");
+        let mut elector = leader::Elector::new(lease_client, lease_cfg).with_fence(fence);
+        if !elector.acquire(shutdown).await {
             return Ok(());
         }
-        let (s, l, w) = (shutdown.clone(), lost.clone(), work.clone());
-        lease_task = Some(tokio::spawn(async move {
-            elector.keep(s, l.clone()).await;
-            if l.is_cancelled() {
-                w.cancel();
-            }
-        }));
+        let (r, l) = (release.clone(), lost.clone());
+        lease_task = Some(tokio::spawn(async move { elector.keep(r, l).await }));
     }
     leader_gauge.set(1);
+    state.leading.store(true, Ordering::SeqCst);
 
+    let result = run_controllers(
+        args,
+        client,
+        identity,
+        crds_ok,
+        synced,
+        appstack_metrics,
+        worker_metrics,
+        backup_metrics,
+        shutdown,
+        &lost,
+        signalled,
+        budget,
+    )
+    .await;
+
+    leader_gauge.set(0);
+    state.stopping.store(true, Ordering::SeqCst);
+    let mut result = result;
+    if lost.is_cancelled() {
+        result = result.and(Err(OperatorError::LostLease));
+    }
+    // Releases the Lease (bounded by the elector's attempt timeout): the standby takes over.
+    release.cancel();
+    if let Some(mut t) = lease_task {
+        if tokio::time::timeout(budget.release, &mut t).await.is_err() {
+            warn!("releasing the Lease took too long: leaving it to expire");
+            t.abort();
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_controllers(
+    args: &OperatorArgs,
+    client: kube::Client,
+    identity: String,
+    crds_ok: &mut tokio::sync::watch::Receiver<bool>,
+    synced: &[(&'static str, Synced); 3],
+    appstack_metrics: Arc<controller::Metrics>,
+    worker_metrics: Arc<crate::workers::Metrics>,
+    backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
+    signalled: &Arc<Mutex<Option<Instant>>>,
+    budget: StopBudget,
+) -> Result<(), OperatorError> {
+    // The controllers start once every CRD is served and current (no restart needed).
+    if !*crds_ok.borrow() {
+        info!("waiting for berth's CRDs before starting the controllers");
+    }
+    loop {
+        if *crds_ok.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = lost.cancelled() => return Ok(()),
+            changed = crds_ok.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+
+    // `work` stops the controllers: on a signal, when the lease is lost, or when one stops.
+    let work = shutdown.child_token();
     let settings = controller::Settings {
         namespace: args.namespace.clone(),
         build: BuildOptions {
@@ -304,56 +501,75 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
     spawn_controller(
         &mut controllers,
         "AppStack",
-        controller::run_with(client.clone(), settings, appstack_metrics, work.clone()),
+        controller::run_synced(
+            client.clone(),
+            settings,
+            appstack_metrics,
+            work.clone(),
+            Some(synced[0].1.clone()),
+        ),
     );
-    // Every controller has the same shape `run(client, namespace, metrics, shutdown)`.
     spawn_controller(
         &mut controllers,
         "Worker",
-        crate::workers::run(
+        crate::workers::run_synced(
             client.clone(),
             args.namespace.clone(),
             worker_metrics,
             work.clone(),
+            synced[1].1.clone(),
         ),
     );
     spawn_controller(
         &mut controllers,
         "Backup",
-        crate::backup::kube::controller::run(
+        crate::backup::kube::controller::run_synced(
             client.clone(),
             args.namespace.clone(),
             backup_metrics,
             work.clone(),
+            synced[2].1.clone(),
         ),
     );
 
-    // The first controller to stop (an error, or `work` cancelled) stops them all.
     let mut result = Ok(());
-    while let Some(done) = controllers.join_next().await {
-        work.cancel();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = result.and(Err(e)),
-            Err(join) => {
-                result = result.and(Err(OperatorError::Controller {
-                    name: "task",
-                    message: join.to_string(),
-                }))
+    let mut record = |done: Result<Result<(), OperatorError>, tokio::task::JoinError>| match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => result = std::mem::replace(&mut result, Ok(())).and(Err(e)),
+        Err(join) if join.is_cancelled() => {}
+        Err(join) => {
+            result = std::mem::replace(&mut result, Ok(())).and(Err(OperatorError::Controller {
+                name: "task",
+                message: join.to_string(),
+            }))
+        }
+    };
+    // The first of: a signal, the lease lost, a controller stopped.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = lost.cancelled() => {}
+        done = controllers.join_next() => if let Some(done) = done { record(done) },
+    }
+    work.cancel();
+    let since = signalled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(Instant::now);
+    let deadline = tokio::time::Instant::from_std(since + budget.controllers());
+    loop {
+        match tokio::time::timeout_at(deadline, controllers.join_next()).await {
+            Ok(Some(done)) => record(done),
+            Ok(None) => break,
+            Err(_) => {
+                warn!(
+                    controllers = controllers.len(),
+                    "controllers did not stop in time: cancelling their reconciles"
+                );
+                controllers.abort_all();
+                while controllers.join_next().await.is_some() {}
+                break;
             }
         }
     }
-    leader_gauge.set(0);
-    state.stopping.store(true, Ordering::Relaxed);
-    if lost.is_cancelled() {
-        result = result.and(Err(OperatorError::LostLease));
-    }
-    // Releases the lease (the standby takes over at once) and stops serving.
-    shutdown.cancel();
-    if let Some(t) = lease_task {
-        let _ = t.await;
-    }
-    let _ = http.await;
-    info!("stopped");
     result
 }

@@ -5,7 +5,13 @@
 //! has not changed for `lease_duration` since this process first saw it, so clock skew between
 //! nodes does not matter. Writes use the Lease's resourceVersion (optimistic locking): of two
 //! candidates only one update succeeds.
+//!
+//! Every attempt (read and write of the Lease) is bounded by half the renew deadline, so a
+//! hanging API server cannot hold the leader past its deadline; the leader's controllers write
+//! through a [`Fence`] that this elector keeps open only until the start of the last successful
+//! renewal plus the renew deadline (shorter than the lease duration a standby waits).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +21,8 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use super::fence::Fence;
 
 /// Lease name and timing (client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry).
 #[derive(Clone, Debug)]
@@ -28,6 +36,13 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+impl LeaseConfig {
+    /// The bound of one attempt (a read and a write of the Lease): half the renew deadline.
+    pub fn attempt_timeout(&self) -> Duration {
+        (self.renew_deadline / 2).max(Duration::from_millis(100))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
     #[error("leader election Lease {namespace}/{name}: {source}; the operator needs get, create and update on leases in its namespace")]
@@ -35,6 +50,12 @@ pub enum LeaderError {
         namespace: String,
         name: String,
         source: kube::Error,
+    },
+    #[error("leader election Lease {namespace}/{name}: the API server did not answer within {timeout:?}")]
+    Timeout {
+        namespace: String,
+        name: String,
+        timeout: Duration,
     },
 }
 
@@ -44,6 +65,8 @@ pub struct Elector {
     cfg: LeaseConfig,
     /// The last record seen (holder and renew time) and when it was first seen.
     observed: Option<(String, Instant)>,
+    /// Opened while this candidate holds a fresh lease.
+    fence: Arc<Fence>,
 }
 
 impl Elector {
@@ -52,6 +75,21 @@ impl Elector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             observed: None,
+            fence: Fence::closed(),
+        }
+    }
+
+    /// Keeps `fence` open while this candidate holds a freshly renewed lease.
+    pub fn with_fence(mut self, fence: Arc<Fence>) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    fn timeout(&self) -> LeaderError {
+        LeaderError::Timeout {
+            namespace: self.cfg.namespace.clone(),
+            name: self.cfg.name.clone(),
+            timeout: self.cfg.attempt_timeout(),
         }
     }
 
@@ -63,8 +101,27 @@ impl Elector {
         }
     }
 
-    /// One attempt to take or renew the lease; `Ok(true)` when this candidate holds it now.
+    /// One attempt to take or renew the lease, bounded by [`LeaseConfig::attempt_timeout`];
+    /// `Ok(true)` when this candidate holds it now (then the fence is open until the start of
+    /// the attempt plus the renew deadline).
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.cfg.attempt_timeout(), self.attempt()).await;
+        match result {
+            Ok(Ok(true)) => {
+                self.fence.extend_until(start + self.cfg.renew_deadline);
+                Ok(true)
+            }
+            Ok(Ok(false)) => {
+                self.fence.close();
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
+    async fn attempt(&mut self) -> Result<bool, LeaderError> {
         let now = MicroTime(Timestamp::now());
         let secs = i32::try_from(self.cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let current = self
@@ -139,8 +196,17 @@ impl Elector {
         }
     }
 
-    /// Gives the lease up (on shutdown) so a standby takes over at once.
+    /// Gives the lease up (on shutdown) so a standby takes over at once; closes the fence first.
+    /// Bounded by [`LeaseConfig::attempt_timeout`].
     pub async fn release(&mut self) -> Result<(), LeaderError> {
+        self.fence.close();
+        match tokio::time::timeout(self.cfg.attempt_timeout(), self.clear_holder()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
+    async fn clear_holder(&mut self) -> Result<(), LeaderError> {
         let Some(lease) = self
             .api
             .get_opt(&self.cfg.name)
@@ -171,7 +237,11 @@ impl Elector {
     /// Waits until this candidate leads; `false` when `shutdown` came first.
     pub async fn acquire(&mut self, shutdown: &CancellationToken) -> bool {
         loop {
-            match self.try_acquire_or_renew().await {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                r = self.try_acquire_or_renew() => r,
+            };
+            match attempt {
                 Ok(true) => {
                     info!(identity = %self.cfg.identity, lease = %self.cfg.name, "became the leader");
                     return true;
@@ -187,21 +257,37 @@ impl Elector {
     }
 
     /// Renews until `shutdown` (then releases) or until the lease is lost; `lost` is cancelled
-    /// when renewing failed for longer than the renew deadline or someone else took it.
+    /// when renewing failed for longer than the renew deadline or someone else took it. A
+    /// process that was frozen past its renew deadline gives up at once when it resumes.
     pub async fn keep(mut self, shutdown: CancellationToken, lost: CancellationToken) {
-        let mut renewed = Instant::now();
+        // The acquiring attempt started at most one attempt timeout ago.
+        let mut renewed = Instant::now()
+            .checked_sub(self.cfg.attempt_timeout())
+            .unwrap_or_else(Instant::now);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    if let Err(e) = self.release().await {
-                        warn!(error = %e, "cannot release the lease");
-                    }
+                    self.stop().await;
                     return;
                 }
                 _ = tokio::time::sleep(self.cfg.retry_period) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
+            if renewed.elapsed() > self.cfg.renew_deadline {
+                self.fence.close();
+                warn!(since = ?renewed.elapsed(), "the lease was not renewed within the renew deadline (was this process frozen?): stopping");
+                lost.cancel();
+                return;
+            }
+            let start = Instant::now();
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.stop().await;
+                    return;
+                }
+                r = self.try_acquire_or_renew() => r,
+            };
+            match attempt {
+                Ok(true) => renewed = start,
                 Ok(false) => {
                     warn!("another replica took the lease: stopping");
                     lost.cancel();
@@ -210,11 +296,19 @@ impl Elector {
                 Err(e) => {
                     warn!(error = %e, "cannot renew the lease");
                     if renewed.elapsed() > self.cfg.renew_deadline {
+                        self.fence.close();
                         lost.cancel();
                         return;
                     }
                 }
             }
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self.release().await {
+            Ok(()) => info!(lease = %self.cfg.name, "released the lease"),
+            Err(e) => warn!(error = %e, "cannot release the lease"),
         }
     }
 }

@@ -1,10 +1,11 @@
-//! Prometheus metrics of the AppStack controller.
+//! Prometheus metrics of the AppStack controller, and of the operator's CRD check.
 
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -79,6 +80,44 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CrdLabels {
+    /// `appstacks.berth.dev`
+    pub crd: String,
+}
+
+/// A missing or outdated CRD: how often it was reported, and whether it is now.
+#[derive(Clone, Debug, Default)]
+pub struct CrdMetrics {
+    /// Errors logged (at most one per CRD per minute).
+    pub problems: Family<CrdLabels, Counter>,
+    /// 1 while the CRD is missing or outdated.
+    pub unavailable: Family<CrdLabels, Gauge>,
+}
+
+impl CrdMetrics {
+    /// Registers `berth_crd_problems_total` and `berth_crd_unavailable`.
+    pub fn register(registry: &mut Registry) -> CrdMetrics {
+        let m = CrdMetrics::default();
+        let r = registry.sub_registry_with_prefix("berth_crd");
+        r.register(
+            "problems",
+            "Errors logged because a CRD is missing or older than the operator, by CRD",
+            m.problems.clone(),
+        );
+        r.register(
+            "unavailable",
+            "1 while a CRD is missing or older than the operator (the operator is not ready)",
+            m.unavailable.clone(),
+        );
+        m
+    }
+
+    pub fn labels(crd: &str) -> CrdLabels {
+        CrdLabels { crd: crd.into() }
     }
 }
 

@@ -11,11 +11,14 @@
 //! Deletion is Kubernetes' garbage collection through the controller ownerReferences: no
 //! finalizer, since nothing outside the cluster needs cleaning.
 
+pub mod crd_check;
 pub mod diff;
+pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod status;
+pub mod synced;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -327,15 +330,29 @@ pub async fn run_with(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_synced(client, settings, metrics, shutdown, None).await
+}
+
+/// [`run_with`], raising `synced` once every cache holds a first complete list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Option<synced::Synced>,
+) -> Result<(), Error> {
     let ns = settings.namespace.as_deref();
     let (stores, w) = stores();
     let children = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
-    let controller = Controller::new(
+    let main_synced = synced::Synced::default();
+    let (trigger, reader) = synced::main_watch(
         scoped::<DeserializeGuard<AppStack>>(&client, ns),
         watcher::Config::default().any_semantic(),
+        main_synced.clone(),
     );
+    let controller = Controller::for_stream(trigger, reader);
     let stacks = controller.store();
     let c = &client;
     let controller = controller
@@ -384,7 +401,7 @@ pub async fn run_with(
             ),
             move |cert| stacks_for_certificate(&stacks, &cert),
         )
-        .graceful_shutdown_on(shutdown.cancelled_owned());
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let ctx = Arc::new(Context::new(
         client,
         stores,
@@ -392,6 +409,14 @@ pub async fn run_with(
         settings.instance,
         metrics,
     ));
+    if let Some(synced) = synced {
+        tokio::spawn(mark_synced(
+            main_synced,
+            ctx.stores.clone(),
+            synced,
+            shutdown.clone(),
+        ));
+    }
     info!(
         namespace = ns.unwrap_or("<all>"),
         "AppStack controller started"
@@ -407,6 +432,37 @@ pub async fn run_with(
         .await;
     info!("AppStack controller stopped");
     Ok(())
+}
+
+/// Raises `synced` once the AppStack cache and every child cache hold a first list.
+async fn mark_synced(
+    main: synced::Synced,
+    s: Stores,
+    synced: synced::Synced,
+    shutdown: CancellationToken,
+) {
+    let all = async {
+        while !main.is_set() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        synced::store_ready(&s.deployments).await.then_some(())?;
+        synced::store_ready(&s.stateful_sets).await.then_some(())?;
+        synced::store_ready(&s.services).await.then_some(())?;
+        synced::store_ready(&s.ingresses).await.then_some(())?;
+        synced::store_ready(&s.network_policies)
+            .await
+            .then_some(())?;
+        synced::store_ready(&s.workers).await.then_some(())?;
+        synced::store_ready(&s.certificates).await.then_some(())?;
+        synced::store_ready(&s.backups).await.then_some(())
+    };
+    tokio::select! {
+        done = all => if done.is_some() {
+            info!("AppStack controller caches synced");
+            synced.set();
+        },
+        _ = shutdown.cancelled() => {}
+    }
 }
 
 /// The stacks a Certificate concerns: its controller owner, and stacks referring to it.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Worker;
 use crate::autoscale::Driver;
+use crate::controller::synced::Synced;
 
 pub use metrics::Metrics;
 pub use reconcile::{error_policy, reconcile, worker_id, Context, ReconcileError};
@@ -77,6 +78,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkersError> {
+    run_synced(client, namespace, metrics, shutdown, Synced::default()).await
+}
+
+/// [`run`], raising `synced` once the Worker cache holds a first list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Synced,
+) -> Result<(), WorkersError> {
     let (workers, deployments): (Api<DeserializeGuard<Worker>>, Api<Deployment>) = match &namespace
     {
         Some(ns) => (
@@ -105,7 +117,12 @@ pub async fn run(
     .default_backoff()
     .reflect(writer)
     .applied_objects();
-    let controller = Controller::new(workers, watcher::Config::default().any_semantic())
+    let (trigger, reader) = crate::controller::synced::main_watch(
+        workers,
+        watcher::Config::default().any_semantic(),
+        synced,
+    );
+    let controller = Controller::for_stream(trigger, reader)
         .owns_stream(owned)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();

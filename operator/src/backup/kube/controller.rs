@@ -118,6 +118,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), BackupError> {
+    run_synced(client, namespace, metrics, shutdown, Default::default()).await
+}
+
+/// [`run`], raising `synced` once the Backup cache holds a first list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: crate::controller::synced::Synced,
+) -> Result<(), BackupError> {
     let image = std::env::var("BERTH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
     let (backups, cron_jobs, jobs): (Api<Backup>, Api<CronJob>, Api<Job>) = match &namespace {
         Some(ns) => (
@@ -133,7 +144,9 @@ pub async fn run(
     };
     let ctx = Arc::new(Context::new(client, metrics, image));
     let managed = watcher::Config::default().labels(BACKUP_LABEL);
-    Controller::new(backups, watcher::Config::default())
+    let (trigger, reader) =
+        crate::controller::synced::main_watch(backups, watcher::Config::default(), synced);
+    Controller::for_stream(trigger, reader)
         .owns(cron_jobs, managed.clone())
         .watches(jobs, managed, |job: Job| {
             let name = job.labels().get(BACKUP_LABEL).cloned()?;

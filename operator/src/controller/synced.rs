@@ -1,0 +1,72 @@
+//! A flag a controller raises once its caches hold a first complete list, for /readyz.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Default)]
+pub struct Synced(Arc<AtomicBool>);
+
+impl Synced {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits until `store` holds a first complete list; `false` when its writer is gone.
+///
+/// Only for stores nobody else waits on: a store's readiness wakes only the last of several
+/// waiters. Polls again every 200 ms.
+pub async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            Ok(r) => return r.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
+/// The watch of a controller's main kind, for `Controller::for_stream`, with its cache: like
+/// `Controller::new`, and raising `synced` when the first complete list is in the cache.
+/// (Waiting on the store instead would race with the controller, which waits on it too.)
+pub fn main_watch<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    synced: Synced,
+) -> (
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+    kube::runtime::reflector::Store<K>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(writer, kube::runtime::watcher(api, config))
+        .inspect(move |e| {
+            if let Ok(kube::runtime::watcher::Event::InitDone) = e {
+                synced.set();
+            }
+        })
+        .applied_objects();
+    (stream, reader)
+}
