@@ -59,6 +59,14 @@ pub struct DesiredHost {
     /// Objects that could not be planned: their containers are left as they are (a typo must
     /// not take a running stack down) and their status says why.
     pub errors: Vec<ObjectError>,
+    /// Objects running on the last good version of a broken manifest file, with the error:
+    /// their status is Failed while they keep running (see [`super::manifests`]).
+    pub held: BTreeMap<ObjectKey, String>,
+    /// Why nothing may be removed on this pass (an unreadable or emptied folder, a broken file
+    /// whose objects cannot be told).
+    pub hold: Option<String>,
+    /// Manifest files not applied as written.
+    pub broken: Vec<super::manifests::BrokenFile>,
 }
 
 impl DesiredHost {
