@@ -467,20 +467,18 @@ fn user_secret(secrets: &[&Secret], name: &str, key: &str) -> Option<String> {
     String::from_utf8(bytes.0.clone()).ok()
 }
 
-/// The Docker health check for a plan health check.
+/// The Docker health check for a plan health check: only `exec` checks run inside the
+/// container; HTTP and TCP checks are berth's own ([`super::probe`]), and the image's own
+/// HEALTHCHECK is switched off for them so that only berth's verdict gates a rollout.
 pub fn health_config(c: &Component) -> Option<HealthConfig> {
     let h = c.health.as_ref()?;
     let test = match &h.check {
-        HealthCheckKind::Http { path, port } => vec![
-            "CMD-SHELL".to_string(),
-            format!(
-                "wget -q -O /dev/null 'http://127.0.0.1:{port}{path}' || curl -fsS -o /dev/null 'http://127.0.0.1:{port}{path}'"
-            ),
-        ],
-        HealthCheckKind::Tcp { port } => vec![
-            "CMD-SHELL".to_string(),
-            format!("nc -z 127.0.0.1 {port} || (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null"),
-        ],
+        HealthCheckKind::Http { .. } | HealthCheckKind::Tcp { .. } => {
+            return Some(HealthConfig {
+                test: Some(vec!["NONE".to_string()]),
+                ..Default::default()
+            })
+        }
         HealthCheckKind::Exec { command } => {
             let mut t = vec!["CMD".to_string()];
             t.extend(command.iter().cloned());

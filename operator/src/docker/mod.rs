@@ -10,6 +10,8 @@
 //!   (pure) and applied with `nginx -t && nginx -s reload` (no dropped connections).
 //! - [`manifests`]: the folder read file by file, keeping the last good version of a broken
 //!   file in force (a typo never takes a running stack down).
+//! - [`probe`]: HTTP and TCP health checks run by berth itself against the container's address
+//!   on the stack's network (images need no wget or curl).
 //! - [`state`]: the state directory: generated credentials (mode 0600, never printed), status
 //!   files, the proxy configuration.
 //! - [`run`]: the reconcile loop, driven by Docker events and manifest-folder changes plus a slow
@@ -27,6 +29,7 @@ pub mod converge;
 pub mod desired;
 pub mod engine;
 pub mod manifests;
+pub mod probe;
 pub mod proxy;
 pub mod run;
 pub mod state;

@@ -31,6 +31,7 @@ use super::desired::{self, desired_host, DesiredHost, Kind, ObjectKey};
 use super::engine::{ContainerInfo, Engine, EngineError};
 use super::labels;
 use super::manifests::Manifests;
+use super::probe::{self, Prober, Target};
 use super::proxy::{self, ProxySpec, Site};
 use super::state::{StateDir, StateError};
 use super::status::{self, Summary};
@@ -143,6 +144,8 @@ pub struct Host {
     /// The state directory's lock, held by a reconciling host.
     _lock: Option<std::fs::File>,
     manifests: Manifests,
+    /// Berth's own HTTP/TCP health checks.
+    prober: Prober,
     /// What was last said about broken manifests (said again only when it changes).
     last_warning: Mutex<String>,
 }
@@ -167,6 +170,7 @@ impl Host {
         let manifests = Manifests::new(&opts.manifests, opts.allow_empty, &state);
         Ok(Host {
             manifests,
+            prober: Prober::new(wake_tx.clone()),
             last_warning: Mutex::default(),
             opts,
             engine,
@@ -339,6 +343,35 @@ impl Host {
             .groups()
             .map(|g| (g.name(), g.networks.iter().map(|n| n.0.as_str()).collect()))
             .collect();
+        // Berth's own health checks of running replicas (HTTP and TCP).
+        let mut targets = Vec::new();
+        let mut probed_groups: HashSet<&str> = HashSet::new();
+        for g in desired.groups() {
+            let Some(h) = g.component.health.as_ref() else {
+                continue;
+            };
+            if !probe::probed_by_berth(&h.check) {
+                continue;
+            }
+            probed_groups.insert(g.name());
+            for c in by_group.get(g.name()).into_iter().flatten() {
+                let ip = g
+                    .networks
+                    .iter()
+                    .find_map(|(n, _)| c.ips.get(n))
+                    .or_else(|| c.ips.values().next());
+                if let (true, Some(ip)) = (c.state == "running", ip) {
+                    targets.push(Target {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        ip: ip.clone(),
+                        check: h.check.clone(),
+                        timing: h.clone(),
+                    });
+                }
+            }
+        }
+        let probed = self.prober.sync(targets).await;
         let replicas_of = |group: &str| -> Vec<Replica> {
             let nets = group_networks.get(group).cloned().unwrap_or_default();
             by_group
@@ -347,6 +380,9 @@ impl Host {
                 .flatten()
                 .map(|c| {
                     let mut health = Health::from_engine(&c.state, &c.status);
+                    if probed_groups.contains(group) && health != Health::Stopped {
+                        health = probed.get(&c.id).copied().unwrap_or(Health::Starting);
+                    }
                     if health != Health::Stopped
                         && nets
                             .iter()

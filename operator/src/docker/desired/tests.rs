@@ -112,8 +112,9 @@ fn labels_and_health() {
     assert_eq!(l[labels::REPLICA], "3");
     assert_eq!(l[labels::INSTANCE], "inst");
     assert_eq!(l[labels::SPEC_HASH], api.component.spec_hash);
+    // The HTTP check is berth's own: the image's HEALTHCHECK is switched off.
     let hc = body.healthcheck.unwrap();
-    assert!(hc.test.unwrap()[1].contains("http://127.0.0.1:8080/health"));
+    assert_eq!(hc.test.unwrap(), ["NONE"]);
     assert_eq!(
         body.host_config.unwrap().restart_policy.unwrap().name,
         Some(RestartPolicyNameEnum::UNLESS_STOPPED)
