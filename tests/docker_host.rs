@@ -189,7 +189,9 @@ async fn converge_heal_and_clean_up() {
     // The data survived all of it.
     assert_eq!(psql(&t, &s, "SELECT v FROM keep"), "precious");
 
-    // A removed manifest: containers and networks go, the volume stays.
+    // A removed manifest: containers and networks go, the volume stays. (Another file stays in
+    // the folder: an emptied folder removes nothing, see tests/docker_host_manifests.rs.)
+    t.write("notes.yaml", "# stacks go here\n");
     t.remove("stack.yaml");
     wait_for("the stack removed", HEAL, || async {
         let left: Vec<Container> = t.containers();

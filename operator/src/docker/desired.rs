@@ -20,6 +20,9 @@ use crate::plan::{
 
 use super::labels;
 
+/// Mount options of a scratch path: writable by any user (sticky), never executable.
+pub const SCRATCH_TMPFS: &str = "rw,nosuid,nodev,noexec,mode=1777";
+
 /// Seconds a replica gets after SIGTERM when the plan does not say.
 pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 
@@ -513,9 +516,11 @@ pub fn container_labels(g: &DesiredGroup, instance: &str, replica: u32) -> HashM
     ])
 }
 
-/// The container to create for replica `replica` of a group. The images' own user and
-/// entrypoint apply, as with docker compose: the official postgres and redis images start as
-/// root to own their volume, then drop to their unprivileged user.
+/// The container to create for replica `replica` of a group, hardened as the plan's pods are on
+/// Kubernetes: the plan's user when it names one (PostgreSQL and Redis run as their images'
+/// unprivileged user; a fresh volume takes the ownership of the image's directory), a
+/// read-only root filesystem with the plan's scratch paths as tmpfs, no new privileges, and
+/// every capability dropped.
 pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> ContainerCreateBody {
     let c = &g.component;
     let mut env = g.env.clone();
@@ -540,6 +545,7 @@ pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> Contain
         labels: Some(container_labels(g, instance, replica)),
         healthcheck: health_config(c),
         hostname: Some(g.container_name(replica)),
+        user: c.user.map(|u| format!("{}:{}", u.uid, u.gid)),
         stop_timeout: Some(g.stop_timeout()),
         host_config: Some(HostConfig {
             restart_policy: Some(RestartPolicy {
@@ -557,6 +563,15 @@ pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> Contain
             memory,
             cpu_shares,
             init: Some(false),
+            readonly_rootfs: Some(true),
+            tmpfs: (!c.scratch_paths.is_empty()).then(|| {
+                c.scratch_paths
+                    .iter()
+                    .map(|p| (p.clone(), SCRATCH_TMPFS.to_string()))
+                    .collect()
+            }),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

@@ -102,9 +102,9 @@ pub async fn check(ip: &str, kind: &HealthCheckKind, timeout: Duration) -> bool 
     let run = async {
         match kind {
             HealthCheckKind::Tcp { port } => TcpStream::connect((ip, *port as u16)).await.is_ok(),
-            HealthCheckKind::Http { path, port } => http_ok(ip, *port as u16, path)
-                .await
-                .unwrap_or(false),
+            HealthCheckKind::Http { path, port } => {
+                http_ok(ip, *port as u16, path).await.unwrap_or(false)
+            }
             HealthCheckKind::Exec { .. } => false,
         }
     };
@@ -291,7 +291,11 @@ mod tests {
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let code = if req.starts_with("GET /health ") { 200 } else { 503 };
+                let code = if req.starts_with("GET /health ") {
+                    200
+                } else {
+                    503
+                };
                 let _ = s
                     .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
                     .await;
