@@ -130,10 +130,7 @@ async fn a_bad_manifest_never_takes_a_running_stack_down() {
     t.write("stack.yaml", &good.replace("replicas: 1", "replicas: {1"));
     untouched(&host, &t, &before).await;
     let m = failed_message(&t, "AppStack", &s);
-    assert!(
-        m.contains(&format!("{file}:")) && m.contains("not valid YAML"),
-        "{m}"
-    );
+    assert!(m.contains(&format!("{file}:9: not valid YAML")), "{m}");
     let w = failed_message(&t, "Worker", &format!("{s}-work"));
     assert!(w.contains("not valid YAML"), "{w}");
     let row = failed_message(&t, "Manifest", &file.to_string());

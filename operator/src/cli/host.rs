@@ -300,7 +300,7 @@ pub fn table(all: &[ObjectStatus]) -> String {
             s.kind,
             s.name,
             phase,
-            if s.kind == backups::KIND {
+            if s.kind == backups::KIND || s.kind == crate::docker::manifests::KIND {
                 "-".to_string()
             } else {
                 format!("{r}/{d}")

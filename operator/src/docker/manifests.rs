@@ -234,8 +234,14 @@ pub fn error_lines_with_line(d: &Document, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `at line N` of a YAML syntax error (lines of the whole file).
+/// `at line N` of a YAML syntax error (lines of the whole file). An unclosed flow mapping or
+/// sequence (`replicas: {1`) is found where the parser gave up, a line later: the line where
+/// it was opened is where the typo is.
 fn yaml_error_line(message: &str) -> Option<usize> {
+    let from = message
+        .find("while parsing a flow")
+        .map_or(0, |i| i + "while parsing a flow".len());
+    let message = &message[from..];
     let rest = &message[message.find("at line ")? + "at line ".len()..];
     rest.split(|c: char| !c.is_ascii_digit())
         .next()?

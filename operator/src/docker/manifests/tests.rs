@@ -56,14 +56,14 @@ fn a_syntax_error_keeps_the_last_good_version_and_names_file_and_line() {
     assert_eq!(r.broken.len(), 1);
     assert!(r.broken[0].kept);
     assert!(
-        r.broken[0].errors[0].starts_with("m/stack.yaml:8: not valid YAML"),
+        r.broken[0].errors[0].starts_with("m/stack.yaml:7: not valid YAML"),
         "{:?}",
         r.broken
     );
     // The stack and its child worker are held, with the error.
     let held: Vec<String> = r.held.keys().map(ObjectKey::label).collect();
     assert_eq!(held, ["appstack/shop", "worker/shop-render"]);
-    assert!(r.held.values().all(|m| m.contains("m/stack.yaml:8")));
+    assert!(r.held.values().all(|m| m.contains("m/stack.yaml:7")));
     // The last good text stays remembered.
     assert_eq!(r.last_good, good());
 }
