@@ -189,7 +189,9 @@ async fn converge_heal_and_clean_up() {
     // The data survived all of it.
     assert_eq!(psql(&t, &s, "SELECT v FROM keep"), "precious");
 
-    // A removed manifest: containers and networks go, the volume stays.
+    // A removed manifest: containers and networks go, the volume stays. (Another file stays in
+    // the folder: an emptied folder removes nothing, see tests/docker_host_manifests.rs.)
+    t.write("notes.yaml", "# stacks go here\n");
     t.remove("stack.yaml");
     wait_for("the stack removed", HEAL, || async {
         let left: Vec<Container> = t.containers();
@@ -459,5 +461,55 @@ spec:
     .await;
     assert_eq!(t.group(&workers)[0].name, format!("{workers}-1"));
     stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+/// Issue 13: an update that starts right after a replica was killed, under load, waits for the
+/// restarting replica instead of running the rollout on what is left: 0 failed requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_right_after_a_kill_under_load_fails_no_request() {
+    let t = TestHost::new("bk");
+    let s = format!("{}s", t.instance);
+    let domain = format!("{s}.test");
+    t.write("stack.yaml", &stack_yaml(&s, demo_images::API, 2, false));
+    let (stop_host, handle) = start(t.host().await);
+    wait_for("status Ready", CONVERGE, || async {
+        (t.phase(&s)? == "Ready").then_some(())
+    })
+    .await;
+    wait_for("served", CONVERGE, || async {
+        (t.get(&domain, "/health").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    let Load {
+        ok,
+        failed,
+        stop,
+        tasks,
+    } = load(&t, &domain, 6);
+    wait_for("load flowing", CONVERGE, || async {
+        (ok.load(Ordering::SeqCst) > 20).then_some(())
+    })
+    .await;
+    docker_ok(&["kill", &format!("{s}-api-1")]);
+    t.write("stack.yaml", &stack_yaml(&s, demo_images::API_V2, 2, false));
+    wait_for("the update rolled out", CONVERGE, || async {
+        let imgs = api_images(&t, &s);
+        (imgs.len() == 2
+            && imgs.iter().all(|i| i == demo_images::API_V2)
+            && t.phase(&s)? == "Ready")
+            .then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    let mut errors = Vec::new();
+    for task in tasks {
+        errors.extend(task.await.unwrap());
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!("update right after a kill: {ok} requests served, {failed} failed");
+    assert!(ok > 50, "too little load to show anything");
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    stop_host.send(()).unwrap();
     handle.await.unwrap();
 }

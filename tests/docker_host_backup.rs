@@ -181,10 +181,12 @@ async fn host_scheduler_fires_a_stack_backup_when_due() {
     clock.set(Utc.with_ymd_and_hms(2026, 11, 23, 2, 30, 5).unwrap());
     let containers = host.engine.containers().await.unwrap();
     let desired = host.desired(&containers).unwrap();
+    let docs = berth::manifest::load_paths(&[t.manifests.path().to_path_buf()]).unwrap();
     hook.after_pass(PassContext {
         engine: &host.engine,
         desired: &desired,
         state: &host.state,
+        docs: &docs,
     })
     .await;
     wait_for("the failed run to end", RUN, || async {

@@ -277,17 +277,119 @@ fn checked<T>(value: &Value, schema: &Value) -> Result<T, Vec<FieldError>>
 where
     T: DeserializeOwned + Validate,
 {
-    let errors = schema_check::check(schema, value);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let object: T = deserialize(value)?;
-    let errors = object.validate();
+    let mut errors = schema_check::check(schema, value);
     if errors.is_empty() {
-        Ok(object)
-    } else {
-        Err(errors)
+        let object: T = deserialize(value)?;
+        let errors = object.validate();
+        return if errors.is_empty() {
+            Ok(object)
+        } else {
+            Err(errors)
+        };
     }
+    // Every error in one run: without the fields the schema rejected, the rest of the
+    // document still gets its semantic checks (when it can be read at all without them).
+    let mut pruned = value.clone();
+    for e in &errors {
+        repair(&mut pruned, schema, &e.path);
+    }
+    if let Ok(object) = deserialize::<T>(&pruned) {
+        let schema_paths: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        errors.extend(
+            object
+                .validate()
+                .into_iter()
+                .filter(|e| !schema_paths.iter().any(|p| overlaps(p, &e.path))),
+        );
+    }
+    Err(errors)
+}
+
+/// One path is the other or lies below it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let below = |x: &str, y: &str| {
+        x == y || (x.starts_with(y) && matches!(x.as_bytes().get(y.len()), Some(b'.' | b'[')))
+    };
+    below(a, b) || below(b, a)
+}
+
+/// Makes the field at `path` readable for the typed checks: a value outside an enum becomes
+/// the enum's first value; a value of the right JSON type (a pattern or a bound missed) stays;
+/// anything else (an unknown field, a wrong type) is removed. List items and the root stay
+/// (removing them would shift or lose the rest). What the typed checks then say about the
+/// same field is dropped by the caller.
+fn repair(value: &mut Value, schema: &Value, path: &str) {
+    let steps = steps(path);
+    let Some((Ok(last), parents)) = steps.split_last() else {
+        return;
+    };
+    let mut sub = Some(schema);
+    for step in &steps {
+        sub = sub.and_then(|s| match step {
+            Ok(key) => s.pointer(&format!("/properties/{key}")),
+            Err(_) => s.get("items"),
+        });
+    }
+    let mut at = value;
+    for step in parents {
+        let next = match step {
+            Ok(key) => at.get_mut(*key),
+            Err(i) => at.get_mut(*i),
+        };
+        match next {
+            Some(v) => at = v,
+            None => return,
+        }
+    }
+    let Some(map) = at.as_object_mut() else {
+        return;
+    };
+    let current = map.get(*last);
+    let fixed = match (sub, current) {
+        (Some(s), Some(_)) if s.get("enum").is_some() => {
+            s.pointer("/enum/0").filter(|v| !v.is_null()).cloned()
+        }
+        (Some(s), Some(v)) if json_type_matches(s, v) => Some(v.clone()),
+        _ => None,
+    };
+    match fixed {
+        Some(v) => {
+            map.insert((*last).to_string(), v);
+        }
+        None => {
+            map.remove(*last);
+        }
+    }
+}
+
+fn json_type_matches(schema: &Value, v: &Value) -> bool {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        Some("object") => v.is_object(),
+        _ => false,
+    }
+}
+
+/// The steps of a field path: keys, and list indexes.
+fn steps(path: &str) -> Vec<Result<&str, usize>> {
+    let mut steps: Vec<Result<&str, usize>> = Vec::new();
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let mut parts = seg.split('[');
+        if let Some(key) = parts.next().filter(|k| !k.is_empty()) {
+            steps.push(Ok(key));
+        }
+        for idx in parts {
+            match idx.trim_end_matches(']').parse() {
+                Ok(i) => steps.push(Err(i)),
+                Err(_) => return Vec::new(),
+            }
+        }
+    }
+    steps
 }
 
 fn deserialize<T: DeserializeOwned>(value: &Value) -> Result<T, Vec<FieldError>> {

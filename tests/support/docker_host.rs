@@ -60,6 +60,7 @@ impl TestHost {
             http: self.http.clone(),
             https: None,
             proxy_image: demo_images::NGINX.into(),
+            allow_empty: false,
         }
     }
 

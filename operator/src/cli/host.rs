@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Run one pass and exit (0 when nothing is left to do).
     #[arg(long)]
     pub once: bool,
+    /// An empty manifests folder means "run nothing" (without it, an emptied folder removes
+    /// nothing and berth says so).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,6 +132,7 @@ async fn run_host(a: RunArgs) -> u8 {
         http: a.http_port,
         https: a.https_port,
         proxy_image: a.proxy_image,
+        allow_empty: a.allow_empty,
     };
     let host = match Host::new(opts).await {
         Ok(h) => h,
@@ -220,6 +225,7 @@ fn show_status(a: StatusArgs) -> u8 {
                 .iter()
                 .any(|k| k.kind.as_str() == s.kind && k.name == s.name)
                 || (s.kind == backups::KIND && backup_names.contains_key(&s.name))
+                || s.kind == crate::docker::manifests::KIND
         });
     }
     match a.output {
@@ -294,7 +300,7 @@ pub fn table(all: &[ObjectStatus]) -> String {
             s.kind,
             s.name,
             phase,
-            if s.kind == backups::KIND {
+            if s.kind == backups::KIND || s.kind == crate::docker::manifests::KIND {
                 "-".to_string()
             } else {
                 format!("{r}/{d}")
@@ -314,6 +320,7 @@ async fn down(a: DownArgs) -> u8 {
         http: String::new(),
         https: None,
         proxy_image: String::new(),
+        allow_empty: false,
     };
     let host = match Host::unlocked(opts).await {
         Ok(h) => h,

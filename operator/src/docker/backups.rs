@@ -184,8 +184,17 @@ impl BackupHook {
     }
 
     async fn pass(&self, ctx: PassContext<'_>) {
-        let Some(docs) = self.load() else { return };
-        let backups = host_backups(&docs);
+        // The documents in force (a broken file's last good version included); a hook driven
+        // on its own, without the host's loop, reads the folder.
+        let loaded;
+        let docs = if ctx.docs.is_empty() {
+            let Some(d) = self.load() else { return };
+            loaded = d;
+            &loaded[..]
+        } else {
+            ctx.docs
+        };
+        let backups = host_backups(docs);
         // Statuses of Backups that are gone.
         for old in status::read_all(ctx.state) {
             if old.kind == KIND && !backups.contains_key(&old.name) {

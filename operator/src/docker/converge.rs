@@ -123,9 +123,15 @@ pub fn decide(spec: &GroupSpec, observed: &[Replica], blocked_by: &[String]) -> 
                 });
             }
         };
-    // Old replicas that do not serve have nothing left to give.
+    // Old replicas that are still starting (restarted after a crash, say) are waited for: the
+    // update goes on once they serve again (or turn unhealthy), so it never runs on fewer
+    // healthy replicas than the stack had. Once the new version has all it wants, they go.
+    let cur_ready_now = cur.iter().filter(|r| r.health == Health::Ready).count() as u32;
+    let old_starting =
+        cur_ready_now < spec.replicas && old.iter().any(|r| r.health == Health::Starting);
+    // Old replicas that do not serve and will not have nothing left to give.
     for r in &old {
-        if r.health != Health::Ready {
+        if r.health != Health::Ready && !(old_starting && r.health == Health::Starting) {
             let reason = if r.health == Health::Stopped {
                 RemoveReason::Stopped
             } else {
@@ -183,6 +189,9 @@ pub fn decide(spec: &GroupSpec, observed: &[Replica], blocked_by: &[String]) -> 
         for r in &old_ready {
             remove(&mut d, &mut removed, r, RemoveReason::Superseded);
         }
+        0
+    } else if old_count > 0 && old_starting {
+        d.waiting = Some("waiting for the running replicas to be healthy before updating".into());
         0
     } else if old_count > 0 {
         u32::from(!pending && d.degraded.is_none())
@@ -291,6 +300,38 @@ mod tests {
             d.waiting.as_deref(),
             Some("waiting for s-postgres to be healthy")
         );
+    }
+
+    #[test]
+    fn an_update_after_a_crash_waits_for_the_restarting_replica() {
+        // Replica 2 of version a was killed and is restarting when version b arrives.
+        let obs = [r(1, "a", Health::Ready), r(2, "a", Health::Starting)];
+        let d = decide(&spec("b", 2), &obs, &[]);
+        assert!(d.create.is_empty() && d.remove.is_empty(), "{d:?}");
+        assert_eq!(
+            d.waiting.as_deref(),
+            Some("waiting for the running replicas to be healthy before updating")
+        );
+        assert!(d.progressing);
+        assert_eq!(d.serving, vec!["s-api-1"]);
+        // It serves again: the rolling update starts, both old replicas serving meanwhile.
+        let obs = [r(1, "a", Health::Ready), r(2, "a", Health::Ready)];
+        let d = decide(&spec("b", 2), &obs, &[]);
+        assert_eq!(d.create, vec![3]);
+        assert!(d.remove.is_empty());
+        // Or it turns unhealthy: it goes, and the update proceeds.
+        let obs = [r(1, "a", Health::Ready), r(2, "a", Health::Unhealthy)];
+        let d = decide(&spec("b", 2), &obs, &[]);
+        assert_eq!(names(&d.remove), [("s-api-2", RemoveReason::Superseded)]);
+        assert_eq!(d.create, vec![3]);
+        // The new version complete: a still-starting old replica is not waited for.
+        let obs = [
+            r(1, "a", Health::Starting),
+            r(3, "b", Health::Ready),
+            r(4, "b", Health::Ready),
+        ];
+        let d = decide(&spec("b", 2), &obs, &[]);
+        assert_eq!(names(&d.remove), [("s-api-1", RemoveReason::Superseded)]);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::plan::{
 
 use super::labels;
 
+/// Mount options of a scratch path: writable by any user (sticky), never executable.
+pub const SCRATCH_TMPFS: &str = "rw,nosuid,nodev,noexec,mode=1777";
+
 /// Seconds a replica gets after SIGTERM when the plan does not say.
 pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 
@@ -59,6 +62,14 @@ pub struct DesiredHost {
     /// Objects that could not be planned: their containers are left as they are (a typo must
     /// not take a running stack down) and their status says why.
     pub errors: Vec<ObjectError>,
+    /// Objects running on the last good version of a broken manifest file, with the error:
+    /// their status is Failed while they keep running (see [`super::manifests`]).
+    pub held: BTreeMap<ObjectKey, String>,
+    /// Why nothing may be removed on this pass (an unreadable or emptied folder, a broken file
+    /// whose objects cannot be told).
+    pub hold: Option<String>,
+    /// Manifest files not applied as written.
+    pub broken: Vec<super::manifests::BrokenFile>,
 }
 
 impl DesiredHost {
@@ -459,20 +470,18 @@ fn user_secret(secrets: &[&Secret], name: &str, key: &str) -> Option<String> {
     String::from_utf8(bytes.0.clone()).ok()
 }
 
-/// The Docker health check for a plan health check.
+/// The Docker health check for a plan health check: only `exec` checks run inside the
+/// container; HTTP and TCP checks are berth's own ([`super::probe`]), and the image's own
+/// HEALTHCHECK is switched off for them so that only berth's verdict gates a rollout.
 pub fn health_config(c: &Component) -> Option<HealthConfig> {
     let h = c.health.as_ref()?;
     let test = match &h.check {
-        HealthCheckKind::Http { path, port } => vec![
-            "CMD-SHELL".to_string(),
-            format!(
-                "wget -q -O /dev/null 'http://127.0.0.1:{port}{path}' || curl -fsS -o /dev/null 'http://127.0.0.1:{port}{path}'"
-            ),
-        ],
-        HealthCheckKind::Tcp { port } => vec![
-            "CMD-SHELL".to_string(),
-            format!("nc -z 127.0.0.1 {port} || (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null"),
-        ],
+        HealthCheckKind::Http { .. } | HealthCheckKind::Tcp { .. } => {
+            return Some(HealthConfig {
+                test: Some(vec!["NONE".to_string()]),
+                ..Default::default()
+            })
+        }
         HealthCheckKind::Exec { command } => {
             let mut t = vec!["CMD".to_string()];
             t.extend(command.iter().cloned());
@@ -507,9 +516,11 @@ pub fn container_labels(g: &DesiredGroup, instance: &str, replica: u32) -> HashM
     ])
 }
 
-/// The container to create for replica `replica` of a group. The images' own user and
-/// entrypoint apply, as with docker compose: the official postgres and redis images start as
-/// root to own their volume, then drop to their unprivileged user.
+/// The container to create for replica `replica` of a group, hardened as the plan's pods are on
+/// Kubernetes: the plan's user when it names one (PostgreSQL and Redis run as their images'
+/// unprivileged user; a fresh volume takes the ownership of the image's directory), a
+/// read-only root filesystem with the plan's scratch paths as tmpfs, no new privileges, and
+/// every capability dropped.
 pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> ContainerCreateBody {
     let c = &g.component;
     let mut env = g.env.clone();
@@ -534,6 +545,7 @@ pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> Contain
         labels: Some(container_labels(g, instance, replica)),
         healthcheck: health_config(c),
         hostname: Some(g.container_name(replica)),
+        user: c.user.map(|u| format!("{}:{}", u.uid, u.gid)),
         stop_timeout: Some(g.stop_timeout()),
         host_config: Some(HostConfig {
             restart_policy: Some(RestartPolicy {
@@ -551,6 +563,15 @@ pub fn container_body(g: &DesiredGroup, instance: &str, replica: u32) -> Contain
             memory,
             cpu_shares,
             init: Some(false),
+            readonly_rootfs: Some(true),
+            tmpfs: (!c.scratch_paths.is_empty()).then(|| {
+                c.scratch_paths
+                    .iter()
+                    .map(|p| (p.clone(), SCRATCH_TMPFS.to_string()))
+                    .collect()
+            }),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

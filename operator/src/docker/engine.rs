@@ -45,6 +45,8 @@ pub struct ContainerInfo {
     pub status: String,
     pub image: String,
     pub networks: Vec<String>,
+    /// IPv4 address on each network, by network name.
+    pub ips: HashMap<String, String>,
 }
 
 impl ContainerInfo {
@@ -115,6 +117,19 @@ impl Engine {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.unwrap_or_default(),
                 image: c.image.unwrap_or_default(),
+                ips: c
+                    .network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .map(|n| {
+                        n.iter()
+                            .filter_map(|(k, v)| {
+                                let ip = v.ip_address.clone().filter(|ip| !ip.is_empty())?;
+                                Some((k.clone(), ip))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 networks: c
                     .network_settings
                     .and_then(|n| n.networks)

@@ -8,6 +8,10 @@
 //!
 //! - [`proxy`]: the one nginx of the host, its configuration rendered from the plan's exposure
 //!   (pure) and applied with `nginx -t && nginx -s reload` (no dropped connections).
+//! - [`manifests`]: the folder read file by file, keeping the last good version of a broken
+//!   file in force (a typo never takes a running stack down).
+//! - [`probe`]: HTTP and TCP health checks run by berth itself against the container's address
+//!   on the stack's network (images need no wget or curl).
 //! - [`state`]: the state directory: generated credentials (mode 0600, never printed), status
 //!   files, the proxy configuration.
 //! - [`run`]: the reconcile loop, driven by Docker events and manifest-folder changes plus a slow
@@ -24,6 +28,8 @@ pub mod backups;
 pub mod converge;
 pub mod desired;
 pub mod engine;
+pub mod manifests;
+pub mod probe;
 pub mod proxy;
 pub mod run;
 pub mod state;

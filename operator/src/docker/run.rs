@@ -23,13 +23,15 @@ use tracing::{debug, info, warn};
 
 use crate::api::appstack::ComponentStatus;
 use crate::api::{AppStackStatus, WorkerSpec, WorkerStatus};
-use crate::manifest::{self, LoadError};
+use crate::manifest::{self, Document, LoadError};
 use crate::plan::{ComponentKind, HealthCheckKind};
 
 use super::converge::{decide, Decision, GroupSpec, Health, Removal, RemoveReason, Replica};
 use super::desired::{self, desired_host, DesiredHost, Kind, ObjectKey};
 use super::engine::{ContainerInfo, Engine, EngineError};
 use super::labels;
+use super::manifests::Manifests;
+use super::probe::{self, Prober, Target};
 use super::proxy::{self, ProxySpec, Site};
 use super::state::{StateDir, StateError};
 use super::status::{self, Summary};
@@ -77,6 +79,9 @@ pub struct PassContext<'a> {
     pub engine: &'a Engine,
     pub desired: &'a DesiredHost,
     pub state: &'a StateDir,
+    /// The documents in force: the folder's good files and the last good version of broken
+    /// ones (see [`super::manifests`]); hooks read their objects (Backups, Certificates) here.
+    pub docs: &'a [Document],
 }
 
 /// Work that runs on the host beside convergence (scheduled backups, certificate renewal).
@@ -98,6 +103,8 @@ pub struct HostOptions {
     pub http: String,
     pub https: Option<String>,
     pub proxy_image: String,
+    /// An empty manifest folder means "run nothing" (otherwise it removes nothing).
+    pub allow_empty: bool,
 }
 
 /// What one pass did.
@@ -136,6 +143,11 @@ pub struct Host {
     wake_rx: Option<mpsc::UnboundedReceiver<()>>,
     /// The state directory's lock, held by a reconciling host.
     _lock: Option<std::fs::File>,
+    manifests: Manifests,
+    /// Berth's own HTTP/TCP health checks.
+    prober: Prober,
+    /// What was last said about broken manifests (said again only when it changes).
+    last_warning: Mutex<String>,
 }
 
 fn proxy_name(instance: &str) -> String {
@@ -155,7 +167,11 @@ impl Host {
         let engine = Engine::open(&opts.instance).await?;
         let state = StateDir::open(&opts.state_dir)?;
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let manifests = Manifests::new(&opts.manifests, opts.allow_empty, &state);
         Ok(Host {
+            manifests,
+            prober: Prober::new(wake_tx.clone()),
+            last_warning: Mutex::default(),
             opts,
             engine,
             state,
@@ -194,20 +210,23 @@ impl Host {
             .unwrap_or_default()
     }
 
-    fn load(&self) -> Result<Vec<manifest::Document>, HostError> {
-        match manifest::load_paths(std::slice::from_ref(&self.opts.manifests)) {
-            Ok(d) => Ok(d),
-            // An emptied folder means: nothing should run.
-            Err(LoadError::EmptyDir { .. }) => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The desired state of the host, with worker replicas from the replica source.
     pub fn desired(&self, observed: &[ContainerInfo]) -> Result<DesiredHost, HostError> {
-        let docs = self.load()?;
+        Ok(self.desired_and_docs(observed)?.0)
+    }
+
+    fn desired_and_docs(
+        &self,
+        observed: &[ContainerInfo],
+    ) -> Result<(DesiredHost, Vec<Document>), HostError> {
+        let resolved = self.manifests.load(&self.state)?;
+        self.warn_about(&resolved);
+        let docs = resolved.docs;
         let mut state = self.state.clone();
         let mut host = desired_host(&docs, &mut state);
+        host.held = resolved.held;
+        host.hold = resolved.hold;
+        host.broken = resolved.broken;
         for o in &mut host.objects {
             let Some(spec) = o.worker.clone() else {
                 continue;
@@ -223,7 +242,36 @@ impl Host {
                     .max(0);
             }
         }
-        Ok(host)
+        Ok((host, docs))
+    }
+
+    /// Logs broken manifests and held removals once per change.
+    fn warn_about(&self, r: &super::manifests::Resolved) {
+        let mut lines: Vec<String> = r.broken.iter().flat_map(|b| b.errors.clone()).collect();
+        lines.extend(r.hold.clone());
+        let now = lines.join("\n");
+        let Ok(mut last) = self.last_warning.lock() else {
+            return;
+        };
+        if *last == now {
+            return;
+        }
+        for b in &r.broken {
+            for e in &b.errors {
+                if b.kept {
+                    warn!("{e} (running the last good version of the file)");
+                } else {
+                    warn!("{e}");
+                }
+            }
+        }
+        if let Some(h) = &r.hold {
+            warn!("removing nothing: {h}");
+        }
+        if lines.is_empty() && !last.is_empty() {
+            info!("manifests are all good again");
+        }
+        *last = now;
     }
 
     /// One reconcile pass.
@@ -233,8 +281,16 @@ impl Host {
         // between is then either not listed or still known as stopping.
         let stopping: HashSet<String> = self.stopping().into_iter().collect();
         let containers = self.engine.containers().await?;
-        let desired = self.desired(&containers)?;
+        let (desired, docs) = self.desired_and_docs(&containers)?;
+        // Objects that could not be planned keep what runs, their stack's workers included.
         let protected: HashSet<String> = desired.errors.iter().map(|e| e.key.label()).collect();
+        let protected_stacks: HashSet<&str> = desired
+            .errors
+            .iter()
+            .filter(|e| e.key.kind == Kind::AppStack)
+            .map(|e| e.key.name.as_str())
+            .collect();
+        let hold = desired.hold.is_some();
 
         // Networks and volumes first: containers need them.
         let networks = self.engine.networks().await?;
@@ -287,6 +343,35 @@ impl Host {
             .groups()
             .map(|g| (g.name(), g.networks.iter().map(|n| n.0.as_str()).collect()))
             .collect();
+        // Berth's own health checks of running replicas (HTTP and TCP).
+        let mut targets = Vec::new();
+        let mut probed_groups: HashSet<&str> = HashSet::new();
+        for g in desired.groups() {
+            let Some(h) = g.component.health.as_ref() else {
+                continue;
+            };
+            if !probe::probed_by_berth(&h.check) {
+                continue;
+            }
+            probed_groups.insert(g.name());
+            for c in by_group.get(g.name()).into_iter().flatten() {
+                let ip = g
+                    .networks
+                    .iter()
+                    .find_map(|(n, _)| c.ips.get(n))
+                    .or_else(|| c.ips.values().next());
+                if let (true, Some(ip)) = (c.state == "running", ip) {
+                    targets.push(Target {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        ip: ip.clone(),
+                        check: h.check.clone(),
+                        timing: h.clone(),
+                    });
+                }
+            }
+        }
+        let probed = self.prober.sync(targets).await;
         let replicas_of = |group: &str| -> Vec<Replica> {
             let nets = group_networks.get(group).cloned().unwrap_or_default();
             by_group
@@ -295,6 +380,9 @@ impl Host {
                 .flatten()
                 .map(|c| {
                     let mut health = Health::from_engine(&c.state, &c.status);
+                    if probed_groups.contains(group) && health != Health::Stopped {
+                        health = probed.get(&c.id).copied().unwrap_or(Health::Starting);
+                    }
                     if health != Health::Stopped
                         && nets
                             .iter()
@@ -378,7 +466,12 @@ impl Host {
             }
             let group = c.label(labels::GROUP).unwrap_or_default();
             let object = c.label(labels::OBJECT).unwrap_or_default();
-            if !groups.contains(group) && !protected.contains(object) {
+            let stack = c.label(labels::STACK).unwrap_or_default();
+            if !hold
+                && !groups.contains(group)
+                && !protected.contains(object)
+                && !protected_stacks.contains(stack)
+            {
                 removals.push((
                     Removal {
                         name: c.name.clone(),
@@ -402,7 +495,12 @@ impl Host {
         // Networks of objects that are gone (once their containers are).
         for n in &networks {
             let object = n.labels.get(labels::OBJECT).cloned().unwrap_or_default();
-            if !want_nets.contains_key(&n.name) && !protected.contains(&object) {
+            let stack = n.labels.get(labels::STACK).map(String::as_str);
+            if !hold
+                && !want_nets.contains_key(&n.name)
+                && !protected.contains(&object)
+                && !stack.is_some_and(|s| protected_stacks.contains(s))
+            {
                 if let Err(e) = self.engine.remove_network(&n.name).await {
                     debug!(network = %n.name, error = %e, "network not removed yet");
                 }
@@ -419,6 +517,7 @@ impl Host {
                 engine: &self.engine,
                 desired: &desired,
                 state: &self.state,
+                docs: &docs,
             })
             .await;
         }
@@ -490,7 +589,7 @@ impl Host {
         let current = containers.iter().find(|c| c.name == name);
         let conf_dir = self.state.proxy_conf_dir();
         if sites.is_empty() {
-            if current.is_some() {
+            if current.is_some() && desired.hold.is_none() {
                 self.engine.stop_and_remove(&name, 10).await?;
             }
             clear_dir(&conf_dir, &BTreeSet::new());
@@ -638,6 +737,9 @@ impl Host {
             }
             s.degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
             s.progressing = (!progressing.is_empty()).then(|| progressing.join("; "));
+            if let Some(m) = desired.held.get(&o.key) {
+                s.failed = Some(("InvalidManifest".into(), m.clone()));
+            }
             self.store_status(&o.key, &s)?;
             keep.insert((o.key.kind.as_str().into(), o.key.name.clone()));
             report.summaries.insert(o.key.clone(), s);
@@ -652,9 +754,12 @@ impl Host {
             keep.insert((e.key.kind.as_str().into(), e.key.name.clone()));
             report.summaries.insert(e.key.clone(), s);
         }
+        super::manifests::write_statuses(&self.state, &self.opts.manifests, desired)?;
         for old in status::read_all(&self.state) {
-            // Backup statuses belong to the backup hook (`docker::backups`).
+            // Backup statuses belong to the backup hook (`docker::backups`), those of manifest
+            // files to `docker::manifests`.
             if old.kind != super::backups::KIND
+                && old.kind != super::manifests::KIND
                 && !keep.contains(&(old.kind.clone(), old.name.clone()))
             {
                 status::remove(&self.state, &old.kind, &old.name);

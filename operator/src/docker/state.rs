@@ -116,6 +116,15 @@ impl StateDir {
         Ok(data)
     }
 
+    /// Like [`StateDir::write_if_changed`], for a file only its owner may read.
+    pub fn write_private_if_changed(&self, path: &Path, bytes: &[u8]) -> Result<bool, StateError> {
+        if std::fs::read(path).ok().as_deref() == Some(bytes) {
+            return Ok(false);
+        }
+        write_private(path, bytes)?;
+        Ok(true)
+    }
+
     /// Writes `bytes` to `path` if different; true when it changed.
     pub fn write_if_changed(&self, path: &Path, bytes: &[u8]) -> Result<bool, StateError> {
         if std::fs::read(path).ok().as_deref() == Some(bytes) {

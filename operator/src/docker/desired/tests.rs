@@ -112,11 +112,23 @@ fn labels_and_health() {
     assert_eq!(l[labels::REPLICA], "3");
     assert_eq!(l[labels::INSTANCE], "inst");
     assert_eq!(l[labels::SPEC_HASH], api.component.spec_hash);
+    // The HTTP check is berth's own: the image's HEALTHCHECK is switched off.
     let hc = body.healthcheck.unwrap();
-    assert!(hc.test.unwrap()[1].contains("http://127.0.0.1:8080/health"));
+    assert_eq!(hc.test.unwrap(), ["NONE"]);
+    let hc = body.host_config.unwrap();
     assert_eq!(
-        body.host_config.unwrap().restart_policy.unwrap().name,
+        hc.restart_policy.unwrap().name,
         Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+    );
+    // Hardened as the pods are.
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.cap_drop.unwrap(), ["ALL"]);
+    assert_eq!(hc.security_opt.unwrap(), ["no-new-privileges:true"]);
+    assert_eq!(hc.tmpfs.unwrap()["/tmp"], SCRATCH_TMPFS);
+    let pg = h.groups().find(|g| g.component.name == "postgres").unwrap();
+    assert_eq!(
+        container_body(pg, "inst", 1).user.as_deref(),
+        Some("999:999")
     );
 }
 
