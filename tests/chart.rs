@@ -212,13 +212,19 @@ fn cluster_role_is_least_privilege() {
         ("berth.dev", "backups", &managed),
         ("berth.dev", "backups/status", &["get", "patch", "update"]),
         ("berth.dev", "certificates", &managed),
+        (
+            "berth.dev",
+            "certificates/status",
+            &["get", "patch", "update"],
+        ),
         ("apps", "deployments", &managed),
         ("apps", "deployments/scale", &["get", "patch", "update"]),
         ("apps", "statefulsets", &managed),
         ("", "services", &managed),
         // Generated credentials are created once and never patched or deleted; user Secrets
-        // are only read.
-        ("", "secrets", &["get", "list", "watch", "create"]),
+        // are only read. patch: the Certificate controller server-side applies the TLS Secrets
+        // it issues (it never deletes one: an Ingress may still serve it).
+        ("", "secrets", &["get", "list", "watch", "create", "patch"]),
         ("", "persistentvolumeclaims", &["get", "create", "patch"]),
         // The backup pods' termination reports (status.backups); never exec, never delete.
         ("", "pods", &["get", "list"]),

@@ -226,6 +226,9 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
     let backup_metrics = Arc::new(crate::backup::kube::controller::Metrics::register(
         &mut registry,
     ));
+    let cert_metrics = Arc::new(crate::cert::kube::controller::Metrics::register(
+        &mut registry,
+    ));
 
     let state = Arc::new(HttpState {
         registry,
@@ -324,6 +327,16 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
             client.clone(),
             args.namespace.clone(),
             backup_metrics,
+            work.clone(),
+        ),
+    );
+    spawn_controller(
+        &mut controllers,
+        "Certificate",
+        crate::cert::kube::controller::run(
+            client.clone(),
+            args.namespace.clone(),
+            cert_metrics,
             work.clone(),
         ),
     );
