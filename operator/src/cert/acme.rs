@@ -102,6 +102,22 @@ pub struct AcmeRequest<'a> {
     pub timeout: Duration,
 }
 
+impl AcmeRequest<'_> {
+    fn clone_ref(&self) -> AcmeRequest<'_> {
+        AcmeRequest {
+            server: self.server,
+            email: self.email,
+            dns_names: self.dns_names,
+            key: self.key,
+            account: self.account,
+            server_root: self.server_root.clone(),
+            tokens: self.tokens,
+            self_check: self.self_check.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// What an issuance gives back.
 pub struct AcmeOutcome {
     pub issued: Issued,
@@ -246,16 +262,35 @@ async fn account(req: &AcmeRequest<'_>) -> Result<(Account, Option<String>), Cer
 /// Orders a certificate for `dns_names`, answering HTTP-01 through `tokens`.
 pub async fn issue(req: &AcmeRequest<'_>) -> Result<AcmeOutcome, CertError> {
     let err = acme_err(req.server);
-    let (account, new_account) = account(req).await?;
+    let (account, mut new_account) = account(req).await?;
     let ids: Vec<Identifier> = req
         .dns_names
         .iter()
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .map_err(&err)?;
+    let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+        Ok(o) => o,
+        // The CA forgot the stored account (a test CA restarted, an account deactivated):
+        // register a new one, once.
+        Err(instant_acme::Error::Api(p))
+            if req.account.is_some()
+                && p.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with("accountDoesNotExist")) =>
+        {
+            let fresh = AcmeRequest {
+                account: None,
+                ..req.clone_ref()
+            };
+            let (account, created) = self::account(&fresh).await?;
+            new_account = created;
+            account
+                .new_order(&NewOrder::new(&ids))
+                .await
+                .map_err(&err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
     let mut presented = Vec::new();
     let result = async {
         let mut authzs = order.authorizations();
