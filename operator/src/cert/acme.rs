@@ -29,26 +29,77 @@ use super::{issue, CertError, Issued};
 /// The path prefix of HTTP-01 challenges.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Key authorizations by token, shared with the HTTP server that answers them.
+/// Key authorizations by token, shared with the HTTP server that answers them; with a
+/// webroot, also written as files `<dir>/.well-known/acme-challenge/<token>` (0644) for a
+/// proxy that serves them statically.
 #[derive(Clone, Debug, Default)]
-pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+pub struct Http01Tokens {
+    map: Arc<RwLock<HashMap<String, String>>>,
+    dir: Option<PathBuf>,
+}
 
 impl Http01Tokens {
+    /// Tokens also published as files under `webroot`.
+    pub fn in_dir(webroot: PathBuf) -> Http01Tokens {
+        Http01Tokens {
+            map: Arc::default(),
+            dir: Some(webroot),
+        }
+    }
+
+    fn file(&self, token: &str) -> Option<PathBuf> {
+        // Tokens are base64url; anything else never reaches the filesystem.
+        if token.is_empty()
+            || !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return None;
+        }
+        Some(
+            self.dir
+                .as_ref()?
+                .join(".well-known/acme-challenge")
+                .join(token),
+        )
+    }
+
     pub fn insert(&self, token: &str, key_authorization: &str) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.map.write() {
             m.insert(token.into(), key_authorization.into());
+        }
+        if let Some(path) = self.file(token) {
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+                #[cfg(unix)]
+                for d in parent.ancestors().take(3) {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+                }
+            }
+            if let Err(e) = std::fs::write(&path, key_authorization) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot publish the HTTP-01 answer");
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+            }
         }
     }
     pub fn remove(&self, token: &str) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.map.write() {
             m.remove(token);
+        }
+        if let Some(path) = self.file(token) {
+            let _ = std::fs::remove_file(path);
         }
     }
     pub fn get(&self, token: &str) -> Option<String> {
-        self.0.read().ok()?.get(token).cloned()
+        self.map.read().ok()?.get(token).cloned()
     }
     pub fn len(&self) -> usize {
-        self.0.read().map(|m| m.len()).unwrap_or(0)
+        self.map.read().map(|m| m.len()).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -127,11 +127,19 @@ impl FileStore {
     }
 }
 
+/// A Certificate a folder of manifests asks for.
+#[derive(Clone, Debug)]
+pub struct ManifestCert {
+    pub name: String,
+    pub spec: crate::api::CertificateSpec,
+    pub generation: Option<i64>,
+    /// The `berth.dev/renew-now` annotation.
+    pub renew_now: Option<String>,
+}
+
 /// The Certificates a folder of manifests asks for: the Certificate objects, and the child
-/// Certificate of every AppStack with the `tls.issuer` shorthand, as `(name, spec, generation)`.
-pub fn certificates_of(
-    docs: &[crate::manifest::Document],
-) -> Vec<(String, crate::api::CertificateSpec, Option<i64>)> {
+/// Certificate of every AppStack with the `tls.issuer` shorthand (named as on Kubernetes).
+pub fn certificates_of(docs: &[crate::manifest::Document]) -> Vec<ManifestCert> {
     use crate::manifest::Object;
     let set = crate::plan::set::ManifestSet::from_documents(docs);
     let mut out = Vec::new();
@@ -139,13 +147,23 @@ pub fn certificates_of(
         match &doc.result {
             Ok(Object::Certificate(c)) => {
                 if let Some(name) = &c.metadata.name {
-                    out.push((name.clone(), c.spec.clone(), c.metadata.generation));
+                    out.push(ManifestCert {
+                        name: name.clone(),
+                        spec: c.spec.clone(),
+                        generation: c.metadata.generation,
+                        renew_now: super::kube::renew_now(c).map(str::to_string),
+                    });
                 }
             }
             Ok(Object::AppStack(s)) => {
                 if let Ok(plan) = crate::plan::plan_stack(s, &set.observed_for(s)) {
                     if let Some((name, spec)) = plan.children.certificate {
-                        out.push((name, spec, None));
+                        out.push(ManifestCert {
+                            name,
+                            spec,
+                            generation: None,
+                            renew_now: None,
+                        });
                     }
                 }
             }

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::exit;
 use crate::cert::acme::{http01_router, SelfCheck};
-use crate::cert::files::{certificates_of, FileStore};
+use crate::cert::files::{certificates_of, FileStore, ManifestCert};
 use crate::cert::run::{run as run_round, RunOptions};
 use crate::cert::timing::Decision;
 
@@ -100,7 +100,7 @@ pub fn run(args: CertArgs) -> u8 {
     }
 }
 
-fn load(c: &Common) -> Result<Vec<(String, crate::api::CertificateSpec, Option<i64>)>, u8> {
+fn load(c: &Common) -> Result<Vec<ManifestCert>, u8> {
     let docs = crate::manifest::load_paths(&c.files).map_err(|e| {
         eprintln!("berth cert: {e}");
         exit::USAGE
@@ -112,7 +112,7 @@ fn load(c: &Common) -> Result<Vec<(String, crate::api::CertificateSpec, Option<i
     }
     let certs: Vec<_> = certificates_of(&docs)
         .into_iter()
-        .filter(|(n, _, _)| c.name.as_deref().is_none_or(|want| want == n))
+        .filter(|m| c.name.as_deref().is_none_or(|want| want == m.name))
         .collect();
     if certs.is_empty() {
         eprintln!(
@@ -152,7 +152,7 @@ async fn renew(a: RenewArgs) -> u8 {
     };
     // The HTTP-01 answers are served only while ACME certificates are being issued.
     let mut server = None;
-    if certs.iter().any(|(_, s, _)| s.issuer.acme.is_some()) {
+    if certs.iter().any(|m| m.spec.issuer.acme.is_some()) {
         match tokio::net::TcpListener::bind(a.http01_listen).await {
             Ok(l) => {
                 let app = http01_router(opts.tokens.clone());
@@ -169,8 +169,14 @@ async fn renew(a: RenewArgs) -> u8 {
     }
     let mut code = exit::OK;
     let mut out = Vec::new();
-    for (name, spec, generation) in &certs {
-        match run_round(&a.common.dir, spec, *generation, &opts, chrono::Utc::now()).await {
+    for m in &certs {
+        let (name, spec, generation) = (&m.name, &m.spec, m.generation);
+        // The flag wins over the manifest's annotation.
+        let opts = RunOptions {
+            renew_now: a.renew_now.clone().or_else(|| m.renew_now.clone()),
+            ..opts.clone()
+        };
+        match run_round(&a.common.dir, spec, generation, &opts, chrono::Utc::now()).await {
             Ok(r) => {
                 let failed = matches!(r.decision, Decision::Issue(_)) && !r.stored_new;
                 if failed {
@@ -221,7 +227,8 @@ fn status(a: StatusArgs) -> u8 {
         Err(code) => return code,
     };
     let mut out = Vec::new();
-    for (name, spec, _) in &certs {
+    for m in &certs {
+        let (name, spec) = (&m.name, &m.spec);
         let store = FileStore::new(&a.common.dir, &spec.secret_name);
         match store.load_status() {
             Ok(st) => out.push((name.clone(), String::new(), st.unwrap_or_default())),
