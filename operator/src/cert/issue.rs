@@ -7,7 +7,7 @@ use rcgen::{
 };
 
 use super::{inspect, CertError};
-use crate::api::certificate::{KeyAlgorithm, PrivateKeySpec, RotationPolicy};
+use crate::api::certificate::{KeyAlgorithm, RotationPolicy};
 use crate::api::units::parse_duration;
 use crate::api::CertificateSpec;
 
@@ -20,10 +20,7 @@ pub struct KeyChoice {
 
 impl KeyChoice {
     pub fn of(spec: &CertificateSpec) -> KeyChoice {
-        let p = spec
-            .private_key
-            .clone()
-            .unwrap_or(PrivateKeySpec::default());
+        let p = spec.private_key.clone().unwrap_or_default();
         KeyChoice {
             algorithm: p.algorithm,
             rotation: p.rotation_policy,

@@ -118,7 +118,9 @@ fn with_tls(text: &str, domain: &str, secret: &str, serial: &str) -> String {
 /// What the hook remembers between passes.
 #[derive(Default)]
 struct Inner {
-    next: Option<Instant>,
+    /// The earliest renewal or backoff end (a time, so unchanged rounds compare equal).
+    next: Option<chrono::DateTime<Utc>>,
+    running: bool,
 }
 
 /// Renews the host's Certificates after each pass.
@@ -227,27 +229,49 @@ impl CertHook {
             }
         }
         if let Ok(mut i) = self.inner.lock() {
-            i.next = next.map(|n| Instant::now() + (n - Utc::now()).to_std().unwrap_or_default());
+            i.next = next;
         }
         stored
     }
 }
 
 impl HostHook for CertHook {
+    /// Runs a round in the background (an ACME order may take a while; the host loop goes on)
+    /// unless one is running. When it stored a new pair or moved the next wake-up, it wakes the
+    /// loop: the next pass renders the new serial and reloads the proxy.
     fn after_pass<'a>(&'a self, ctx: PassContext<'a>) -> BoxFuture<'a, ()> {
+        let state = ctx.state.clone();
+        let this = self.clone();
         async move {
-            // A new pair changes the rendered serial: the next pass reloads the proxy.
-            if self.round(ctx.state).await {
-                if let Some(w) = &self.wake {
-                    let _ = w.send(());
+            let before = match this.inner.lock() {
+                Ok(mut i) if !i.running => {
+                    i.running = true;
+                    i.next
                 }
-            }
+                _ => return,
+            };
+            tokio::spawn(async move {
+                let stored = this.round(&state).await;
+                let after = match this.inner.lock() {
+                    Ok(mut i) => {
+                        i.running = false;
+                        i.next
+                    }
+                    Err(_) => None,
+                };
+                if stored || after != before {
+                    if let Some(w) = &this.wake {
+                        let _ = w.send(());
+                    }
+                }
+            });
         }
         .boxed()
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.inner.lock().ok()?.next
+        let at = self.inner.lock().ok()?.next?;
+        Some(Instant::now() + (at - Utc::now()).to_std().unwrap_or_default())
     }
 }
 
