@@ -111,3 +111,9 @@ demo-down:
 ## during an image update under load. Prints the figures and their ratios.
 bench-docker:
 	$(CARGO) bench -p berth --bench docker_compose
+
+## Certificate figures on the Docker host with a real Pebble: time from the manifest to HTTPS
+## served, and requests (and failures) during a renewal's graceful proxy reload.
+.PHONY: bench-cert
+bench-cert:
+	$(CARGO) test -p berth --test cert_docker_host -- --nocapture 2>&1 | grep figure:

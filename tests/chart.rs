@@ -212,13 +212,20 @@ fn cluster_role_is_least_privilege() {
         ("berth.dev", "backups", &managed),
         ("berth.dev", "backups/status", &["get", "patch", "update"]),
         ("berth.dev", "certificates", &managed),
+        (
+            "berth.dev",
+            "certificates/status",
+            &["get", "patch", "update"],
+        ),
         ("apps", "deployments", &managed),
         ("apps", "deployments/scale", &["get", "patch", "update"]),
         ("apps", "statefulsets", &managed),
         ("", "services", &managed),
         // Generated credentials are created once and never patched or deleted; user Secrets
         // are only read, by name: never list or watch (that would be every Secret of the cluster).
-        ("", "secrets", &["get", "create"]),
+        // patch: the Certificate controller server-side applies the TLS Secrets it issues (it
+        // never deletes one: an Ingress may still serve it).
+        ("", "secrets", &["get", "create", "patch"]),
         ("", "persistentvolumeclaims", &["get", "create", "patch"]),
         // The backup pods' termination reports (status.backups); never exec, never delete.
         ("", "pods", &["get", "list"]),

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod autoscale;
 pub mod backup;
+pub mod cert;
 pub mod cli;
 pub mod controller;
 pub mod docker;

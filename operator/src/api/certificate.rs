@@ -62,6 +62,43 @@ pub struct CertificateSpec {
     #[serde(default = "default_renewal_schedule")]
     #[schemars(regex(pattern = crate::api::patterns::CRON))]
     pub renewal_schedule: String,
+    /// The private key: its algorithm and whether a renewal makes a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PrivateKeySpec>,
+}
+
+/// How the certificate's private key is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKeySpec {
+    /// `ECDSA` (P-256, the default) or `RSA` (2048 bits).
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    /// `Always` (default): every renewal makes a new key; `Never`: the key in the Secret is kept.
+    #[serde(default)]
+    pub rotation_policy: RotationPolicy,
+}
+
+/// The private key algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KeyAlgorithm {
+    /// ECDSA on the P-256 curve.
+    #[default]
+    #[serde(rename = "ECDSA")]
+    Ecdsa,
+    /// RSA, 2048 bits.
+    #[serde(rename = "RSA")]
+    Rsa,
+}
+
+/// Whether a renewal makes a new private key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RotationPolicy {
+    /// A new key on every issuance.
+    #[default]
+    Always,
+    /// Reuse the key already stored.
+    Never,
 }
 
 fn default_duration() -> String {
@@ -151,6 +188,10 @@ pub struct CertificateStatus {
     /// When the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
+    /// The value of the `berth.dev/renew-now` annotation last acted on (a new value means one
+    /// attempt now, whatever the backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_now: Option<String>,
     /// Ready and Issuing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand; each returns the process exit code.
 
 mod backup;
+mod cert;
 mod crds;
 mod host;
 mod operator;
@@ -37,6 +38,8 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// Back up, list and restore PostgreSQL databases (what a Backup's schedule runs).
     Backup(backup::BackupArgs),
+    /// Issue and renew TLS certificates (what a Certificate's renewal schedule runs).
+    Cert(cert::CertArgs),
     /// Run the manifests of a folder on this Docker host (run, status, down).
     Host(host::HostArgs),
 }
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Operator(args) => operator::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Cert(args) => cert::run(args),
         Command::Host(args) => host::run(args),
     };
     ExitCode::from(code)

@@ -311,6 +311,10 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         ("Worker", Synced::default()),
         ("Backup", Synced::default()),
     ];
+    let cert_metrics = Arc::new(crate::cert::kube::controller::Metrics::register(
+        &mut registry,
+    ));
+
     let state = Arc::new(HttpState {
         registry,
         stopping: AtomicBool::new(false),
@@ -362,6 +366,7 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         [appstack_metrics.clone()],
         worker_metrics,
         backup_metrics,
+        cert_metrics,
         &leader_gauge,
         &shutdown,
         &signalled,
@@ -400,6 +405,7 @@ async fn lead_and_run(
     [appstack_metrics]: [Arc<controller::Metrics>; 1],
     worker_metrics: Arc<crate::workers::Metrics>,
     backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    cert_metrics: Arc<crate::cert::kube::controller::Metrics>,
     leader_gauge: &Gauge<i64>,
     shutdown: &CancellationToken,
     signalled: &Arc<Mutex<Option<Instant>>>,
@@ -431,6 +437,7 @@ async fn lead_and_run(
         appstack_metrics,
         worker_metrics,
         backup_metrics,
+        cert_metrics,
         shutdown,
         &lost,
         signalled,
@@ -465,6 +472,7 @@ async fn run_controllers(
     appstack_metrics: Arc<controller::Metrics>,
     worker_metrics: Arc<crate::workers::Metrics>,
     backup_metrics: Arc<crate::backup::kube::controller::Metrics>,
+    cert_metrics: Arc<crate::cert::kube::controller::Metrics>,
     shutdown: &CancellationToken,
     lost: &CancellationToken,
     signalled: &Arc<Mutex<Option<Instant>>>,
@@ -529,6 +537,16 @@ async fn run_controllers(
             backup_metrics,
             work.clone(),
             synced[2].1.clone(),
+        ),
+    );
+    spawn_controller(
+        &mut controllers,
+        "Certificate",
+        crate::cert::kube::controller::run(
+            client.clone(),
+            args.namespace.clone(),
+            cert_metrics,
+            work.clone(),
         ),
     );
 

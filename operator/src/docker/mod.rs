@@ -25,6 +25,7 @@
 
 pub mod autoscale;
 pub mod backups;
+pub mod certs;
 pub mod converge;
 pub mod desired;
 pub mod engine;

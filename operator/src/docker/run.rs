@@ -596,7 +596,8 @@ impl Host {
             return Ok(false);
         }
         // Configuration files first: a new proxy starts with them.
-        let files = proxy::render(&sites);
+        // HTTPS for the sites whose certificate is stored (docker/certs.rs).
+        let files = super::certs::render(&sites, &super::certs::cert_root(&self.state));
         let mut changed = false;
         for (file, text) in &files {
             changed |= self

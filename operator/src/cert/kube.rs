@@ -1,0 +1,196 @@
+//! The Kubernetes side of the certificate engine: pure builders (the TLS Secret, the ACME
+//! renewal CronJob and its first Job) and the reading of a TLS Secret. The controller in
+//! `kube/controller.rs` only reads, applies and writes status.
+//!
+//! The TLS Secret carries no ownerReference: deleting a Certificate never deletes a Secret an
+//! Ingress may still serve (cert-manager's default too). It is labelled so it can be found.
+
+pub mod controller;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::{Resource, ResourceExt};
+
+use super::round::Stored;
+use super::{Issued, RENEW_NOW_ANNOTATION};
+use crate::api::Certificate;
+use crate::k8s::meta::MANAGER;
+
+/// Label on everything made for a Certificate (its name).
+pub const CERT_LABEL: &str = "berth.dev/certificate";
+/// The Secret type a TLS Secret has.
+pub const TLS_TYPE: &str = "kubernetes.io/tls";
+/// Finished renewal Jobs kept for inspection.
+const HISTORY_LIMIT: i32 = 3;
+/// How long one ACME attempt may take in its Job.
+const ACTIVE_DEADLINE_SECONDS: i64 = 600;
+
+fn labels(cert: &Certificate) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+        (CERT_LABEL.into(), cert.name_any()),
+    ])
+}
+
+/// The `kubernetes.io/tls` Secret of an issued certificate.
+pub fn tls_secret(cert: &Certificate, issued: &Issued) -> Secret {
+    let mut data = BTreeMap::from([
+        (
+            "tls.crt".to_string(),
+            ByteString(issued.cert_pem.clone().into_bytes()),
+        ),
+        (
+            "tls.key".to_string(),
+            ByteString(issued.key_pem.clone().into_bytes()),
+        ),
+    ]);
+    if let Some(ca) = &issued.ca_pem {
+        data.insert("ca.crt".into(), ByteString(ca.clone().into_bytes()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(cert.spec.secret_name.clone()),
+            namespace: cert.namespace(),
+            labels: Some(labels(cert)),
+            ..ObjectMeta::default()
+        },
+        type_: Some(TLS_TYPE.into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+fn text(s: &Secret, key: &str) -> Option<String> {
+    let b = s.data.as_ref()?.get(key)?;
+    String::from_utf8(b.0.clone()).ok()
+}
+
+/// What a TLS Secret holds, when it has both `tls.crt` and `tls.key`.
+pub fn stored(s: &Secret) -> Option<Stored> {
+    Some(Stored {
+        cert_pem: text(s, "tls.crt")?,
+        key_pem: text(s, "tls.key")?,
+        ca_pem: text(s, "ca.crt"),
+    })
+}
+
+/// The CA pair of a `ca` issuer's Secret: `(tls.crt, tls.key)`, or what is missing.
+pub fn ca_pair(s: &Secret) -> Result<(String, String), String> {
+    match (text(s, "tls.crt"), text(s, "tls.key")) {
+        (Some(c), Some(k)) => Ok((c, k)),
+        (None, _) => Err("has no tls.crt".into()),
+        (_, None) => Err("has no tls.key".into()),
+    }
+}
+
+/// The `berth.dev/renew-now` value, when set.
+pub fn renew_now(cert: &Certificate) -> Option<&str> {
+    cert.metadata
+        .annotations
+        .as_ref()?
+        .get(RENEW_NOW_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn owner_meta(cert: &Certificate, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cert.namespace(),
+        labels: Some(labels(cert)),
+        owner_references: cert.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// What the renewal Job runs: `berth cert renew` for this Certificate, against the API.
+pub fn renew_args(cert: &Certificate) -> Vec<String> {
+    vec![
+        "cert".into(),
+        "renew".into(),
+        "--kube".into(),
+        "--namespace".into(),
+        cert.namespace().unwrap_or_else(|| "default".into()),
+        "--name".into(),
+        cert.name_any(),
+    ]
+}
+
+/// The Job spec the CronJob and the first issuance run. `service_account` is the account that
+/// may write the Secret and the Certificate status of its namespace.
+pub fn job_spec(cert: &Certificate, image: &str, service_account: Option<&str>) -> JobSpec {
+    JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(cert)),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".into()),
+                service_account_name: service_account.map(str::to_string),
+                containers: vec![Container {
+                    name: "renew".into(),
+                    image: Some(image.into()),
+                    args: Some(renew_args(cert)),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+        },
+        ..JobSpec::default()
+    }
+}
+
+/// The renewal CronJob of an ACME Certificate, named `<certificate>-renew`: it checks on
+/// `renewalSchedule` and renews only when due.
+pub fn renewal_cron_job(cert: &Certificate, image: &str, service_account: Option<&str>) -> CronJob {
+    CronJob {
+        metadata: owner_meta(cert, cron_job_name(cert)),
+        spec: Some(CronJobSpec {
+            schedule: cert.spec.renewal_schedule.clone(),
+            time_zone: Some("UTC".into()),
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(HISTORY_LIMIT),
+            failed_jobs_history_limit: Some(HISTORY_LIMIT),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cert)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(job_spec(cert, image, service_account)),
+            },
+            ..CronJobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn cron_job_name(cert: &Certificate) -> String {
+    format!("{}-renew", cert.name_any())
+}
+
+/// The Job that issues at once (first issuance, or a new renew-now value), named after the
+/// value so it is created once.
+pub fn now_job(cert: &Certificate, image: &str, service_account: Option<&str>, value: &str) -> Job {
+    let name = format!(
+        "{}-issue-{}",
+        cert.name_any(),
+        crate::backup::kube::value_hash(value)
+    );
+    Job {
+        metadata: owner_meta(cert, name),
+        spec: Some(job_spec(cert, image, service_account)),
+        status: None,
+    }
+}
+
+/// Whether a Certificate is issued by ACME (in a Job) rather than by the controller.
+pub fn is_acme(cert: &Certificate) -> bool {
+    cert.spec.issuer.acme.is_some()
+}

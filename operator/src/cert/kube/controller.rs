@@ -1,0 +1,463 @@
+//! The Kubernetes Certificate controller. Each reconcile: read the TLS Secret → decide (the
+//! engine's `round::decide`) → for `selfSigned`/`ca`, issue here and server-side apply the
+//! Secret; for `acme`, apply the renewal CronJob and start a Job at once for the first issuance
+//! or a new `berth.dev/renew-now` value → write the status (only when it changed) → requeue at
+//! the next moment something is due.
+//!
+//! Events: Certificates, plus Secrets, CronJobs and Jobs labelled `berth.dev/certificate`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use super::{
+    ca_pair, is_acme, now_job, renew_now, renewal_cron_job, stored, tls_secret, CERT_LABEL,
+};
+use crate::api::{Certificate, CertificateStatus};
+use crate::cert::round::{self, CaPair};
+use crate::cert::status::Outcome;
+use crate::cert::timing::{Decision, DueReason};
+use crate::cert::CertError;
+use crate::k8s::meta::MANAGER;
+
+/// The longest wait between two looks at a Certificate without any event.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// Retry delay after a failed reconcile (an API error, not an issuance failure).
+pub const RETRY: Duration = Duration::from_secs(30);
+/// Retry delay while the CA Secret does not exist yet.
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+
+/// Why a reconcile failed (API errors; issuance failures go into the status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}; check the operator's RBAC and the Certificate's events")]
+    Kube(#[from] kube::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The controller's Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    reconciles: Family<ResultLabels, Counter>,
+    issued: Counter,
+    failed: Counter,
+}
+
+impl Metrics {
+    /// Registers `berth_certificate_reconciles_total{result}`, `berth_certificate_issued_total`
+    /// and `berth_certificate_failed_total`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "berth_certificate_reconciles",
+            "Reconciles of Certificate objects, by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "berth_certificate_issued",
+            "Certificates issued by the controller",
+            m.issued.clone(),
+        );
+        registry.register(
+            "berth_certificate_failed",
+            "Failed issuance attempts in the controller",
+            m.failed.clone(),
+        );
+        m
+    }
+
+    fn count(&self, result: &str) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// The berth image ACME renewal Jobs run.
+    pub image: String,
+    /// The ServiceAccount ACME renewal Jobs run as (`BERTH_CERT_SERVICE_ACCOUNT`).
+    pub service_account: Option<String>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "berth-certificate".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            metrics,
+            recorder,
+            image: std::env::var("BERTH_IMAGE")
+                .unwrap_or_else(|_| crate::backup::kube::controller::DEFAULT_IMAGE.to_string()),
+            service_account: std::env::var("BERTH_CERT_SERVICE_ACCOUNT").ok(),
+        }
+    }
+}
+
+/// Runs the Certificate controller until `shutdown` is cancelled. `namespace: None` watches all.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (certs, secrets, cron_jobs, jobs): (Api<Certificate>, Api<Secret>, Api<CronJob>, Api<Job>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let ctx = Arc::new(Context::new(client, metrics));
+    let labelled = watcher::Config::default().labels(CERT_LABEL);
+    let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
+        let (name, ns) = o();
+        Some(ObjectRef::<Certificate>::new(&name?).within(&ns?))
+    };
+    Controller::new(certs, watcher::Config::default())
+        .owns(cron_jobs, labelled.clone())
+        .watches(secrets, labelled.clone(), move |s: Secret| {
+            by_label(&|| (s.labels().get(CERT_LABEL).cloned(), s.namespace()))
+        })
+        .watches(jobs, labelled, move |j: Job| {
+            by_label(&|| (j.labels().get(CERT_LABEL).cloned(), j.namespace()))
+        })
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "certificate reconcile failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(cert: Arc<Certificate>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(certificate = %cert.name_any(), error = %err, "reconcile failed, retrying");
+    ctx.metrics.count("error");
+    Action::requeue(RETRY)
+}
+
+/// The requeue for a decision: at the time it names, within [1s, RESYNC].
+fn requeue(d: &Decision) -> Action {
+    match d {
+        Decision::Wait { until, .. } => {
+            let secs = (*until - Utc::now()).num_seconds().max(1) as u64;
+            Action::requeue(Duration::from_secs(secs).min(RESYNC))
+        }
+        Decision::Issue(_) => Action::requeue(Duration::from_secs(1)),
+    }
+}
+
+/// One reconcile of one Certificate.
+#[instrument(skip_all, fields(certificate = %cert.name_any()))]
+pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cert.namespace().unwrap_or_else(|| "default".into());
+    let name = cert.name_any();
+    let client = &ctx.client;
+    let certs: Api<Certificate> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let previous = cert.status.clone();
+    let generation = cert.meta().generation;
+    let apply = PatchParams::apply(MANAGER).force();
+    let now = Utc::now();
+    let spec = &cert.spec;
+    let renew_now = renew_now(&cert);
+
+    let secret = secrets.get_opt(&spec.secret_name).await?;
+    let stored = secret.as_ref().and_then(stored);
+    let before = round::read(stored.as_ref());
+    let decision = match round::decide(spec, previous.as_ref(), before.as_ref(), renew_now, now) {
+        Ok(d) => d,
+        Err(e) => {
+            let st = round::status_after(
+                spec,
+                generation,
+                previous.as_ref(),
+                before.as_ref(),
+                renew_now,
+                &Outcome::Failed(DueReason::Invalid, &e),
+                now,
+            );
+            write_status(&certs, &name, previous.as_ref(), st).await?;
+            ctx.metrics.count("invalid");
+            return Ok(Action::await_change());
+        }
+    };
+
+    if is_acme(&cert) {
+        let sa = ctx.service_account.as_deref();
+        let cj = renewal_cron_job(&cert, &ctx.image, sa);
+        let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+        cron_jobs
+            .patch(&cj.name_any(), &apply, &Patch::Apply(&cj))
+            .await?;
+        let outcome = match decision {
+            // Nothing stored yet, or asked for: a Job at once. Otherwise the CronJob renews.
+            Decision::Issue(
+                reason @ (DueReason::Missing
+                | DueReason::RenewNow
+                | DueReason::Invalid
+                | DueReason::NamesChanged),
+            ) => {
+                let value = renew_now
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{}-{}", reason.reason(), generation.unwrap_or(0)));
+                let job = now_job(&cert, &ctx.image, sa, &value);
+                let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(j) => info!(job = %j.name_any(), "issuance job started"),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Outcome::Pending(
+                    reason,
+                    format!(
+                        "job {} runs `berth cert renew` against {}",
+                        job.name_any(),
+                        spec.issuer
+                            .acme
+                            .as_ref()
+                            .map(|a| a.server.as_str())
+                            .unwrap_or_default()
+                    ),
+                )
+            }
+            Decision::Issue(reason) => Outcome::Pending(
+                reason,
+                format!(
+                    "the CronJob {} renews it at its next run ({})",
+                    cj.name_any(),
+                    spec.renewal_schedule
+                ),
+            ),
+            wait => Outcome::Waiting(wait),
+        };
+        let st = round::status_after(
+            spec,
+            generation,
+            previous.as_ref(),
+            before.as_ref(),
+            renew_now,
+            &outcome,
+            now,
+        );
+        write_status(&certs, &name, previous.as_ref(), st).await?;
+        ctx.metrics.count("ok");
+        return Ok(match decision {
+            Decision::Issue(_) => Action::requeue(RESYNC),
+            d => requeue(&d),
+        });
+    }
+
+    let Decision::Issue(reason) = decision else {
+        let st = round::status_after(
+            spec,
+            generation,
+            previous.as_ref(),
+            before.as_ref(),
+            renew_now,
+            &Outcome::Waiting(decision),
+            now,
+        );
+        write_status(&certs, &name, previous.as_ref(), st).await?;
+        ctx.metrics.count("ok");
+        return Ok(requeue(&decision));
+    };
+
+    // The CA pair, for a `ca` issuer. A missing Secret blocks without counting as a failure.
+    let mut ca_text = None;
+    if let Some(ca) = &spec.issuer.ca {
+        let source = format!("Secret {ns}/{}", ca.secret_name);
+        match secrets.get_opt(&ca.secret_name).await? {
+            None => {
+                let e = CertError::BadCa {
+                    source_name: source,
+                    detail: "it does not exist".into(),
+                };
+                let mut st = round::status_after(
+                    spec,
+                    generation,
+                    previous.as_ref(),
+                    before.as_ref(),
+                    None,
+                    &Outcome::Waiting(decision),
+                    now,
+                );
+                blocked(&mut st, &e, generation, previous.as_ref(), now);
+                write_status(&certs, &name, previous.as_ref(), st).await?;
+                ctx.metrics.count("blocked");
+                return Ok(Action::requeue(BLOCKED_RETRY));
+            }
+            Some(s) => ca_text = Some((source, ca_pair(&s))),
+        }
+    }
+    let result = match &ca_text {
+        Some((source, Err(missing))) => Err(CertError::BadCa {
+            source_name: source.clone(),
+            detail: missing.clone(),
+        }),
+        Some((source, Ok((c, k)))) => round::issue_local(
+            spec,
+            Some(&CaPair {
+                cert_pem: c,
+                key_pem: k,
+                source,
+            }),
+            stored.as_ref(),
+            now,
+        ),
+        None => round::issue_local(spec, None, stored.as_ref(), now),
+    };
+    let (after, outcome_err) = match result {
+        Ok(issued) => {
+            let secret = tls_secret(&cert, &issued);
+            secrets
+                .patch(&spec.secret_name, &apply, &Patch::Apply(&secret))
+                .await?;
+            let after = round::read(Some(&round::Stored {
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+                ca_pem: issued.ca_pem,
+            }));
+            ctx.metrics.issued.inc();
+            (after, None)
+        }
+        Err(e) => {
+            ctx.metrics.failed.inc();
+            (before, Some(e))
+        }
+    };
+    let outcome = match &outcome_err {
+        None => Outcome::Issued(reason),
+        Some(e) => Outcome::Failed(reason, e),
+    };
+    let st = round::status_after(
+        spec,
+        generation,
+        previous.as_ref(),
+        after.as_ref(),
+        renew_now,
+        &outcome,
+        now,
+    );
+    let (kind, ev_reason) = match &outcome_err {
+        None => (EventType::Normal, "Issued"),
+        Some(e) => (EventType::Warning, e.reason()),
+    };
+    let note = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Issuing")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    publish(&ctx, &cert, kind, ev_reason, note).await;
+    write_status(&certs, &name, previous.as_ref(), st).await?;
+    ctx.metrics.count(if outcome_err.is_none() {
+        "issued"
+    } else {
+        "failed"
+    });
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Marks a status as blocked on something the user must create (not an issuance failure).
+fn blocked(
+    st: &mut CertificateStatus,
+    e: &CertError,
+    generation: Option<i64>,
+    previous: Option<&CertificateStatus>,
+    now: chrono::DateTime<Utc>,
+) {
+    for c in &mut st.conditions {
+        let keep = previous
+            .and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_))
+            .filter(|p| p.status == "False")
+            .map(|p| p.last_transition_time.clone());
+        if c.type_ == "Issuing" || st.not_after.is_none() {
+            c.status = "False".into();
+            c.reason = e.reason().into();
+            c.message = e.to_string();
+            c.observed_generation = generation;
+            c.last_transition_time = keep.unwrap_or_else(|| crate::cert::status::time(now));
+        }
+    }
+}
+
+async fn publish(ctx: &Context, cert: &Certificate, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Issue".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cert.object_ref(&())).await {
+        warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// Writes the status by server-side apply, only when it differs from what is there.
+async fn write_status(
+    api: &Api<Certificate>,
+    name: &str,
+    previous: Option<&CertificateStatus>,
+    status: CertificateStatus,
+) -> Result<(), Error> {
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "Certificate",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

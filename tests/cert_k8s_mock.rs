@@ -1,0 +1,181 @@
+//! The exact requests the Certificate controller sends, over kube's client on a mocked API:
+//! a selfSigned Certificate without a Secret → GET the Secret, server-side apply it, an Event,
+//! the status; the same Certificate with its Secret in place and nothing due → one GET and no
+//! write; an ACME Certificate → the CronJob and a Job at once.
+
+#[path = "support/kube_mock.rs"]
+mod kube_mock;
+
+use std::sync::{Arc, Mutex};
+
+use berth::api::Certificate;
+use berth::cert::kube::controller::{reconcile, Context, Metrics};
+use kube_mock::{mock_api, status, Recorded};
+use serde_json::{json, Value};
+
+fn cert(spec: Value, status: Option<Value>) -> Certificate {
+    let mut v = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Certificate",
+        "metadata": {"name": "web", "namespace": "prod", "uid": "u-1", "generation": 3},
+        "spec": spec
+    });
+    if let Some(s) = status {
+        v["status"] = s;
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// An apply answer: the body with the metadata the apiserver would add.
+fn answered(r: &Recorded) -> Value {
+    let mut b = r.body.clone().unwrap_or(json!({}));
+    if b.get("metadata").is_none() {
+        b["metadata"] = json!({"name": "web", "namespace": "prod"});
+    }
+    if b.get("spec").is_none() {
+        b["spec"] = self_signed();
+    }
+    b
+}
+
+fn self_signed() -> Value {
+    json!({"secretName": "web-tls", "dnsNames": ["web.example.test"], "issuer": {"selfSigned": {}}, "duration": "24h"})
+}
+
+#[tokio::test]
+async fn self_signed_without_secret_applies_it_and_writes_status() {
+    let secret_body = Arc::new(Mutex::new(None::<Value>));
+    let sb = secret_body.clone();
+    let api = mock_api(Arc::new(move |r: &Recorded| {
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => (404, status(404, "NotFound")),
+            ("PATCH", "/api/v1/namespaces/prod/secrets/web-tls") => {
+                *sb.lock().unwrap() = r.body.clone();
+                (200, r.body.clone().unwrap())
+            }
+            ("PATCH", p) if p.ends_with("/status") => (200, answered(r)),
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let ctx = Arc::new(Context::new(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    reconcile(Arc::new(cert(self_signed(), None)), ctx)
+        .await
+        .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /api/v1/namespaces/prod/secrets/web-tls",
+            "PATCH /api/v1/namespaces/prod/secrets/web-tls?&force=true&fieldManager=berth",
+            "POST /apis/events.k8s.io/v1/namespaces/prod/events?",
+            "PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status?&force=true&fieldManager=berth",
+        ]
+    );
+    let s = secret_body.lock().unwrap().clone().unwrap();
+    assert_eq!(s["type"], "kubernetes.io/tls");
+    assert_eq!(s["metadata"]["labels"]["berth.dev/certificate"], "web");
+    assert!(s["metadata"]["ownerReferences"].is_null());
+    for k in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(s["data"][k].is_string(), "{k}");
+    }
+}
+
+#[tokio::test]
+async fn up_to_date_certificate_costs_one_read_and_no_write() {
+    // First reconcile issues; its Secret and status are then served back.
+    let store = Arc::new(Mutex::new((None::<Value>, None::<Value>)));
+    let s2 = store.clone();
+    let api = mock_api(Arc::new(move |r: &Recorded| {
+        let mut st = s2.lock().unwrap();
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => match &st.0 {
+                Some(s) => (200, s.clone()),
+                None => (404, status(404, "NotFound")),
+            },
+            ("PATCH", "/api/v1/namespaces/prod/secrets/web-tls") => {
+                st.0 = r.body.clone();
+                (200, r.body.clone().unwrap())
+            }
+            ("PATCH", p) if p.ends_with("/status") => {
+                st.1 = r.body.as_ref().map(|b| b["status"].clone());
+                (200, answered(r))
+            }
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let ctx = Arc::new(Context::new(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    reconcile(Arc::new(cert(self_signed(), None)), ctx.clone())
+        .await
+        .unwrap();
+    api.take();
+    let status_now = store.lock().unwrap().1.clone();
+    reconcile(Arc::new(cert(self_signed(), status_now)), ctx)
+        .await
+        .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /api/v1/namespaces/prod/secrets/web-tls"]);
+}
+
+#[tokio::test]
+async fn acme_applies_the_cron_job_and_starts_the_first_job() {
+    let api = mock_api(Arc::new(|r: &Recorded| {
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => (404, status(404, "NotFound")),
+            ("PATCH", _) => (200, answered(r)),
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let ctx = Arc::new(Context::new(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    let spec = json!({"secretName": "web-tls", "dnsNames": ["web.example.test"], "issuer": {"acme": {"email": "ops@example.test"}}});
+    reconcile(Arc::new(cert(spec, None)), ctx).await.unwrap();
+    let reqs = api.take();
+    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
+    assert_eq!(lines[0], "GET /api/v1/namespaces/prod/secrets/web-tls");
+    assert_eq!(
+        lines[1],
+        "PATCH /apis/batch/v1/namespaces/prod/cronjobs/web-renew?&force=true&fieldManager=berth"
+    );
+    assert_eq!(lines[2], "POST /apis/batch/v1/namespaces/prod/jobs?");
+    assert!(lines[3]
+        .starts_with("PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status"));
+    assert_eq!(lines.len(), 4);
+    let cj = reqs[1].body.as_ref().unwrap();
+    assert_eq!(cj["spec"]["schedule"], "17 3 * * *");
+    assert_eq!(cj["metadata"]["ownerReferences"][0]["kind"], "Certificate");
+    let job = reqs[2].body.as_ref().unwrap();
+    assert!(job["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("web-issue-"));
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "cert",
+            "renew",
+            "--kube",
+            "--namespace",
+            "prod",
+            "--name",
+            "web"
+        ])
+    );
+    let st = &reqs[3].body.as_ref().unwrap()["status"];
+    let issuing = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Issuing")
+        .unwrap();
+    assert_eq!(issuing["status"], "True");
+}
