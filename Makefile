@@ -27,7 +27,7 @@ fmt:
 ## Regenerate the checked-in CRDs and the API reference from the Rust types.
 crds: build
 	$(BERTH) crds --out-dir crds
-	$(BERTH) crds --out-dir charts/berth/crds
+	$(BERTH) crds --out-dir charts/berth/files/crds
 
 docs: build
 	$(BERTH) crds --markdown > docs/api.md
@@ -111,3 +111,25 @@ demo-down:
 ## during an image update under load. Prints the figures and their ratios.
 bench-docker:
 	$(CARGO) bench -p berth --bench docker_compose
+
+## The berth image (operator/Dockerfile): a release build of berth, stripped, copied onto a base
+## with glibc, libgcc and CA certificates, tagged berth:<version> and berth:dev. Offline by
+## default: the base berth-base:bookworm is made from this host's Debian packages
+## (tests/images/build.sh berth-base, `docker import`); BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+## builds the same Dockerfile on distroless. Prints the image size.
+.PHONY: image
+IMAGE ?= berth
+BASE_IMAGE ?= berth-base:bookworm
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' operator/Cargo.toml | head -n1)
+IMAGE_CTX := $(or $(CARGO_TARGET_DIR),target)/image
+
+image:
+	$(CARGO) build --release -p berth --bin berth
+	@mkdir -p $(IMAGE_CTX)
+	@rm -f $(IMAGE_CTX)/berth
+	strip -o $(IMAGE_CTX)/berth $(or $(CARGO_TARGET_DIR),target)/release/berth
+	@if [ "$(BASE_IMAGE)" = berth-base:bookworm ]; then tests/images/build.sh berth-base; fi
+	DOCKER_BUILDKIT=0 docker build -q -f operator/Dockerfile --build-arg BASE=$(BASE_IMAGE) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):dev $(IMAGE_CTX) >/dev/null
+	@docker image inspect -f '{{.Size}}' $(IMAGE):dev | \
+	  awk '{printf "built $(IMAGE):$(VERSION) and $(IMAGE):dev: %.1f MB\n", $$1/1e6}'

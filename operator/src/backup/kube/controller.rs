@@ -157,14 +157,18 @@ fn error_policy(backup: Arc<Backup>, err: &BackupError, ctx: Arc<Context>) -> Ac
     Action::requeue(RETRY)
 }
 
+/// Where the database comes from: the URL's Secret key, the AppStack, the image of the
+/// in-stack PostgreSQL.
+type DatabaseRef = (SecretKeyRef, Option<String>, Option<String>);
+
 /// Where the database URL comes from, or why it cannot be known yet.
 async fn database_ref(
     backup: &Backup,
     client: &Client,
     ns: &str,
-) -> Result<Result<(SecretKeyRef, Option<String>), (&'static str, String)>, BackupError> {
+) -> Result<Result<DatabaseRef, (&'static str, String)>, BackupError> {
     if let Some(r) = &backup.spec.database.url_secret_ref {
-        return Ok(Ok((r.clone(), None)));
+        return Ok(Ok((r.clone(), None, None)));
     }
     let Some(stack) = &backup.spec.database.app_stack_ref else {
         return Ok(Err((
@@ -180,9 +184,16 @@ async fn database_ref(
         )));
     };
     let urls = crate::plan::wiring::stack_urls(stack, &s.spec);
-    match urls.database.map(|d| d.value) {
-        Some(crate::plan::EnvValue::Secret(r)) | Some(crate::plan::EnvValue::Generated(r)) => {
-            Ok(Ok((r, Some(stack.clone()))))
+    let Some(db) = urls.database else {
+        return Ok(Err((
+            "NoDatabase",
+            format!("AppStack {stack:?} has no postgres; add spec.postgres or use database.urlSecretRef"),
+        )));
+    };
+    let image = db.in_stack.then_some(db.tool_image);
+    match db.value {
+        crate::plan::EnvValue::Secret(r) | crate::plan::EnvValue::Generated(r) => {
+            Ok(Ok((r, Some(stack.clone()), image)))
         }
         _ => Ok(Err((
             "NoDatabase",
@@ -201,7 +212,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = backup.status.clone();
     let apply = PatchParams::apply(MANAGER).force();
 
-    let (database_url, stack) = match database_ref(&backup, client, &ns).await? {
+    let (database_url, stack, stack_image) = match database_ref(&backup, client, &ns).await? {
         Ok(r) => r,
         Err((reason, message)) => {
             let st = blocked_status(&backup, reason, message, previous.as_ref(), Utc::now());
@@ -212,6 +223,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     };
     let inputs = JobInputs {
         image: ctx.image.clone(),
+        dump_image: super::dump_image(&backup, stack_image.as_deref()),
         database_url,
         stack,
     };
