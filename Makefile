@@ -116,18 +116,20 @@ bench-docker:
 ## with glibc, libgcc and CA certificates, tagged berth:<version> and berth:dev. Offline by
 ## default: the base berth-base:bookworm is made from this host's Debian packages
 ## (tests/images/build.sh berth-base, `docker import`); BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-## builds the same Dockerfile on distroless. Prints the image size.
+## builds the same Dockerfile on distroless. IMAGE_PROFILE=dev packs a debug build (quick local
+## iterations; stripped too). Prints the image size.
 .PHONY: image
+IMAGE_PROFILE ?= release
 IMAGE ?= berth
 BASE_IMAGE ?= berth-base:bookworm
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' operator/Cargo.toml | head -n1)
 IMAGE_CTX := $(or $(CARGO_TARGET_DIR),target)/image
 
 image:
-	$(CARGO) build --release -p berth --bin berth
+	$(CARGO) build --profile $(IMAGE_PROFILE) -p berth --bin berth
 	@mkdir -p $(IMAGE_CTX)
 	@rm -f $(IMAGE_CTX)/berth
-	strip -o $(IMAGE_CTX)/berth $(or $(CARGO_TARGET_DIR),target)/release/berth
+	strip -o $(IMAGE_CTX)/berth $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))/berth
 	@if [ "$(BASE_IMAGE)" = berth-base:bookworm ]; then tests/images/build.sh berth-base; fi
 	DOCKER_BUILDKIT=0 docker build -q -f operator/Dockerfile --build-arg BASE=$(BASE_IMAGE) \
 	  --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):dev $(IMAGE_CTX) >/dev/null

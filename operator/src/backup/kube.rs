@@ -10,7 +10,7 @@
 //! backups is shortened (newest first) to fit.
 
 pub mod controller;
-pub use controller::{run, Metrics};
+pub use controller::{run, run_with_image, Metrics};
 #[cfg(test)]
 mod tests;
 

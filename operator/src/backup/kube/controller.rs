@@ -41,8 +41,9 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 pub const RETRY: Duration = Duration::from_secs(30);
 /// Retry delay while the spec cannot be carried out (e.g. the AppStack does not exist yet).
 pub const BLOCKED_RETRY: Duration = Duration::from_secs(60);
-/// The image backup pods run when `BERTH_IMAGE` is not set.
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION"));
+/// The berth image backup pods start from when `BERTH_IMAGE` is not set: what `make image`
+/// tags (the chart always sets `BERTH_IMAGE` to the operator's own image).
+pub const DEFAULT_IMAGE: &str = concat!("berth:", env!("CARGO_PKG_VERSION"));
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -119,6 +120,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), BackupError> {
     let image = std::env::var("BERTH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    run_with_image(client, namespace, metrics, shutdown, image).await
+}
+
+/// [`run`] with the berth image given (tests, embedders).
+pub async fn run_with_image(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    image: String,
+) -> Result<(), BackupError> {
     let (backups, cron_jobs, jobs): (Api<Backup>, Api<CronJob>, Api<Job>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
