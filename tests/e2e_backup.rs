@@ -272,3 +272,96 @@ async fn backup_now_with_matching_pg_dump_restores_and_outlives_its_stack() {
     })
     .await;
 }
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes the test's containers, also when it panics.
+struct Cleanup(Vec<String>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", c]).output();
+        }
+    }
+}
+
+/// The Docker host: berth dumps a PostgreSQL 18 container with that container's own pg_dump
+/// (`docker exec`), where Debian's pg_dump 15 fails; the backup is restored (berth bundled into
+/// the PostgreSQL 18 image, as on Kubernetes) and the data compare equal. Needs only Docker.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
+    berth_image::ensure_built_for_host(&["postgres-new"]);
+    let name = format!("berth-e2e-pg18-{:x}", rand::random::<u32>());
+    let _cleanup = Cleanup(vec![name.clone()]);
+    docker(&[
+        "run", "-d", "--name", &name, "--label", "berth.dev/test=e2e_backup",
+        "-e", &format!("POSTGRES_PASSWORD={PASSWORD}"), "-e", "POSTGRES_DB=shop", PG_IMAGE,
+    ]);
+    let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name]);
+    let url = |db: &str| format!("postgres://postgres:{PASSWORD}@{ip}:5432/{db}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !Command::new("psql")
+        .args([url("shop").as_str(), "-XAtqc", "select 1"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "PostgreSQL 18 in {name} never answered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(psql(&url("shop"), "show server_version").starts_with("18."));
+    psql(
+        &url("shop"),
+        "create table items(id int primary key, name text not null, price numeric(10,2));
+         insert into items select g, 'item-' || g, g * 1.25 from generate_series(1, 5000) g;",
+    );
+    let old = Command::new(OLD_PG_DUMP).args(["--schema-only", &url("shop")]).output().unwrap();
+    assert!(!old.status.success());
+    assert!(String::from_utf8_lossy(&old.stderr).contains("server version mismatch"));
+
+    let spec: berth::api::BackupSpec = serde_json::from_value(json!({
+        "schedule": "0 2 * * *", "database": {"appStackRef": "shop"},
+        "destination": {"volume": {"size": "1Gi"}}, "verify": true
+    }))
+    .unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    // The restore container runs as the postgres user 999: the folder must be readable.
+    std::fs::set_permissions(folder.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let job = berth::backup::host::HostJob::from_spec("shop", &spec, name.clone(), folder.path().display().to_string()).unwrap();
+    let dk = bollard::Docker::connect_with_local_defaults().unwrap();
+    let out = berth::backup::host::run_in_container(&dk, &job).await.expect("berth backs up PostgreSQL 18");
+    assert!(out.backup.verified, "verified by a restore in the container");
+    println!("Docker host: {} ({} bytes) from PostgreSQL 18", out.backup.name, out.backup.size_bytes);
+
+    // Restore with pg_restore 18: berth bundled into the PostgreSQL 18 image, next to the server.
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bundle.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    berth::backup::bundle::bundle_binary(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), bundle.path())
+        .expect("bundle berth");
+    let mut args = vec![
+        "run".to_string(), "--rm".into(), "--user".into(), "999:999".into(),
+        "--network".into(), format!("container:{name}"),
+        "-v".into(), format!("{}:/berth:ro", bundle.path().display()),
+        "-v".into(), format!("{}:/backups:ro", folder.path().display()),
+        "--entrypoint".into(), "/berth/ld.so".into(), PG_IMAGE.into(),
+    ];
+    args.extend(berth::backup::bundle::command("/berth").into_iter().skip(1));
+    for a in ["backup", "restore", "--from", "/backups", "--latest", "--yes", "--database-url"] {
+        args.push(a.into());
+    }
+    args.push(format!("postgres://postgres:{PASSWORD}@127.0.0.1:5432/restored"));
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let q = "select count(*) || ':' || md5(string_agg(id || ',' || name || ',' || price, ';' order by id)) from items";
+    let (a, b) = (psql(&url("shop"), q), psql(&url("restored"), q));
+    assert_eq!(a, b);
+    assert!(a.starts_with("5000:"));
+    println!("Docker host: restored and compared: {a}");
+}

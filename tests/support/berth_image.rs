@@ -74,3 +74,24 @@ pub fn ensure_in_cluster(build_targets: &[&str], images: &[&str]) {
         Command::new("bash").arg(&script).args(&all),
     );
 }
+
+/// Tags `image` (repo:tag) as repo:`tag` in Docker and returns the new reference.
+pub fn retag(image: &str, tag: &str) -> String {
+    let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    let new = format!("{repo}:{tag}");
+    run(
+        &format!("docker tag {image} {new}"),
+        Command::new("docker").args(["tag", image, &new]),
+    );
+    new
+}
+
+/// Builds missing images by tests/images/build.sh TARGETS, for tests on the Docker host alone.
+pub fn ensure_built_for_host(build_targets: &[&str]) {
+    run(
+        "tests/images/build.sh",
+        Command::new("bash")
+            .arg("tests/images/build.sh")
+            .args(build_targets),
+    );
+}

@@ -92,6 +92,18 @@ pub fn bundle(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
     Ok(written)
 }
 
+/// Bundles another berth executable (`exe`, dynamically linked like this process) with this
+/// process's loader and libraries, which are the ones `exe` needs when both are the same build.
+pub fn bundle_binary(exe: &Path, dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
+    let mut written = bundle(dir)?;
+    let to = dir.join(BINARY);
+    copy_executable(exe, &to)?;
+    if !written.contains(&to) {
+        written.push(to);
+    }
+    Ok(written)
+}
+
 /// The command that runs a bundle at `dir` in another image: loader, library path, binary.
 pub fn command(dir: &str) -> Vec<String> {
     vec![
