@@ -10,11 +10,15 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn checks() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
     serde_norway::from_str(&text).unwrap()
 }
 
@@ -55,7 +59,10 @@ fn health(obj: &Value) -> (String, String) {
         "resource.customizations.health.berth.dev_{}",
         obj["kind"].as_str().unwrap()
     );
-    let script = checks().get(&key).cloned().unwrap_or_else(|| panic!("no {key}"));
+    let script = checks()
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {key}"));
     let program = format!(
         "obj = {}\nlocal function check()\n{}\nend\nlocal hs = check()\nio.write(hs.status, \"\\n\", hs.message or \"\")\n",
         lua(obj),
@@ -69,7 +76,11 @@ fn health(obj: &Value) -> (String, String) {
         .arg(&file)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install lua5.4): {e}"));
-    assert!(out.status.success(), "lua: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "lua: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, message) = text.split_once('\n').unwrap_or((&text, ""));
     (status.to_string(), message.to_string())
@@ -85,23 +96,39 @@ fn the_four_kinds_have_the_same_checked_script() {
     assert_eq!(kinds, ["AppStack", "Backup", "Certificate", "Worker"]);
     // docs/gitops.md shows the same snippet users paste.
     let doc = std::fs::read_to_string(repo().join("docs/gitops.md")).unwrap();
-    let snippet = std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
-    let body: String = snippet.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    assert!(doc.contains(&body), "docs/gitops.md must contain charts/berth/files/argocd/health.yaml");
+    let snippet =
+        std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
+    let body: String = snippet
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        doc.contains(&body),
+        "docs/gitops.md must contain charts/berth/files/argocd/health.yaml"
+    );
 }
 
 #[test]
 fn recorded_objects_of_each_kind() {
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/argocd/health-cases.json")).unwrap())
-            .unwrap();
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/argocd/health-cases.json")).unwrap(),
+    )
+    .unwrap();
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     for case in &cases {
         let (status, message) = health(&case["object"]);
         let name = case["name"].as_str().unwrap();
-        assert_eq!(status, case["expect"].as_str().unwrap(), "{name}: {message}");
+        assert_eq!(
+            status,
+            case["expect"].as_str().unwrap(),
+            "{name}: {message}"
+        );
         let contains = case["messageContains"].as_str().unwrap();
-        assert!(message.contains(contains), "{name}: message {message:?} lacks {contains:?}");
+        assert!(
+            message.contains(contains),
+            "{name}: message {message:?} lacks {contains:?}"
+        );
         println!("{name:28} {status:12} {message}");
         *seen
             .entry((case["object"]["kind"].as_str().unwrap().to_string(), status))
@@ -139,12 +166,22 @@ fn statuses_made_by_the_backup_controller() {
     let now = chrono::Utc::now();
     let b = backup(2);
     // Blocked (the AppStack does not exist): Degraded with the controller's message.
-    let st = blocked_status(&b, "AppStackNotFound", "AppStack \"shop\" does not exist".into(), None, now);
+    let st = blocked_status(
+        &b,
+        "AppStackNotFound",
+        "AppStack \"shop\" does not exist".into(),
+        None,
+        now,
+    );
     let (status, message) = health(&with_status(&b, st));
     assert_eq!(status, "Degraded");
     assert!(message.contains("does not exist"), "{message}");
 
-    let job = |active: bool, succeeded: bool, failed: bool, report: Option<RunReport>, failure: Option<String>| ObservedJob {
+    let job = |active: bool,
+               succeeded: bool,
+               failed: bool,
+               report: Option<RunReport>,
+               failure: Option<String>| ObservedJob {
         name: "shop-now-1".into(),
         created: Some(now),
         completed: (!active).then_some(now),
@@ -162,14 +199,33 @@ fn statuses_made_by_the_backup_controller() {
         "name": "shop-20261201T020000Z.dump.zst", "sizeBytes": 10, "sha256": "ab"
     }))
     .unwrap();
-    let ok = RunReport { backup: Some(record.clone()), backups: vec![record], error: None };
+    let ok = RunReport {
+        backup: Some(record.clone()),
+        backups: vec![record],
+        error: None,
+    };
     let st = status_from_jobs(&b, &[job(false, true, false, Some(ok), None)], None, now);
     assert_eq!(health(&with_status(&b, st.clone())).0, "Healthy");
     // The same status before berth saw a new generation: Progressing.
     assert_eq!(health(&with_status(&backup(3), st)).0, "Progressing");
     // A failed Job: Degraded with the report's error.
-    let bad = RunReport { backup: None, backups: vec![], error: Some("cannot connect to postgres://shop@db/shop".into()) };
-    let st = status_from_jobs(&b, &[job(false, false, true, Some(bad), Some("cannot connect".into()))], None, now);
+    let bad = RunReport {
+        backup: None,
+        backups: vec![],
+        error: Some("cannot connect to postgres://shop@db/shop".into()),
+    };
+    let st = status_from_jobs(
+        &b,
+        &[job(
+            false,
+            false,
+            true,
+            Some(bad),
+            Some("cannot connect".into()),
+        )],
+        None,
+        now,
+    );
     let (status, message) = health(&with_status(&b, st));
     assert_eq!(status, "Degraded");
     assert!(message.contains("cannot connect"), "{message}");

@@ -335,7 +335,10 @@ fn values_schema_rejects_bad_values() {
     render_fails(&["--set", "logFormat=xml"], "logFormat");
     render_fails(&["--set", "crds.enabled=yes"], "crds");
     render_fails(&["--set", "metrics.port=http"], "port");
-    render_fails(&["--set", "watchNamespace=Not_A_Namespace"], "watchNamespace");
+    render_fails(
+        &["--set", "watchNamespace=Not_A_Namespace"],
+        "watchNamespace",
+    );
     render_fails(&["--set", "replicas=2"], "replicas");
 }
 
@@ -352,8 +355,14 @@ fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) {
 fn every_rendered_object_parses_into_its_kubernetes_type() {
     for extra in [
         &[][..],
-        &["--set", "watchNamespace=shop,metrics.serviceMonitor.enabled=true"][..],
-        &["--set", "replicaCount=1,crds.enabled=false,metrics.service.enabled=false"][..],
+        &[
+            "--set",
+            "watchNamespace=shop,metrics.serviceMonitor.enabled=true",
+        ][..],
+        &[
+            "--set",
+            "replicaCount=1,crds.enabled=false,metrics.service.enabled=false",
+        ][..],
     ] {
         for doc in render(extra) {
             match doc["kind"].as_str().unwrap_or_default() {
@@ -390,19 +399,31 @@ fn image_is_what_make_image_builds_and_backup_jobs_get_it() {
     let docs = render(&[]);
     let c = container(&docs);
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(c.image.as_deref(), Some(format!("berth:{version}").as_str()));
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("berth:{version}").as_str())
+    );
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     let env = c.env.unwrap();
-    let berth_image = env.iter().find(|e| e.name == "BERTH_IMAGE").expect("BERTH_IMAGE");
-    assert_eq!(berth_image.value.as_deref(), Some(format!("berth:{version}").as_str()));
+    let berth_image = env
+        .iter()
+        .find(|e| e.name == "BERTH_IMAGE")
+        .expect("BERTH_IMAGE");
+    assert_eq!(
+        berth_image.value.as_deref(),
+        Some(format!("berth:{version}").as_str())
+    );
 
-    let docs = render(&["--set", "image.repository=registry.local/berth,image.tag=1.2.3"]);
+    let docs = render(&[
+        "--set",
+        "image.repository=registry.local/berth,image.tag=1.2.3",
+    ]);
     let c = container(&docs);
     assert_eq!(c.image.as_deref(), Some("registry.local/berth:1.2.3"));
     let env = c.env.unwrap();
-    assert!(env
-        .iter()
-        .any(|e| e.name == "BERTH_IMAGE" && e.value.as_deref() == Some("registry.local/berth:1.2.3")));
+    assert!(env.iter().any(
+        |e| e.name == "BERTH_IMAGE" && e.value.as_deref() == Some("registry.local/berth:1.2.3")
+    ));
 }
 
 #[test]
@@ -445,14 +466,20 @@ fn pdb_only_with_more_than_one_replica() {
 #[test]
 fn service_monitor_is_optional() {
     assert!(find::<Value>(&render(&[]), "ServiceMonitor").is_empty());
-    let docs = render(&["--set", "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom"]);
+    let docs = render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+    ]);
     let sm: Vec<Value> = find(&docs, "ServiceMonitor");
     assert_eq!(sm.len(), 1);
     assert_eq!(sm[0]["metadata"]["labels"]["release"], "prom");
     // It selects the metrics Service by its labels.
     let svc: Vec<Service> = find(&docs, "Service");
     let labels = svc[0].metadata.labels.clone().unwrap();
-    for (k, v) in sm[0]["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+    for (k, v) in sm[0]["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
         assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "{k}");
     }
 }
@@ -460,7 +487,10 @@ fn service_monitor_is_optional() {
 #[test]
 fn crds_are_gated_kept_and_applied_first() {
     let crds: Vec<CustomResourceDefinition> = find(&render(&[]), "CustomResourceDefinition");
-    let names: BTreeSet<String> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+    let names: BTreeSet<String> = crds
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
     let expected: BTreeSet<String> = berth::api::crds()
         .into_iter()
         .map(|c| c.metadata.name.unwrap())
@@ -476,10 +506,16 @@ fn crds_are_gated_kept_and_applied_first() {
             .into_iter()
             .find(|c| c.metadata.name == crd.metadata.name)
             .unwrap();
-        assert!(crd.spec == generated.spec, "{:?} differs from the generated CRD: run make crds", crd.metadata.name);
+        assert!(
+            crd.spec == generated.spec,
+            "{:?} differs from the generated CRD: run make crds",
+            crd.metadata.name
+        );
     }
-    let kept_off: Vec<CustomResourceDefinition> =
-        find(&render(&["--set", "crds.keep=false"]), "CustomResourceDefinition");
+    let kept_off: Vec<CustomResourceDefinition> = find(
+        &render(&["--set", "crds.keep=false"]),
+        "CustomResourceDefinition",
+    );
     assert_eq!(kept_off.len(), 4);
     assert!(kept_off.iter().all(|c| !c
         .metadata
@@ -487,12 +523,26 @@ fn crds_are_gated_kept_and_applied_first() {
         .clone()
         .unwrap_or_default()
         .contains_key("helm.sh/resource-policy")));
-    assert!(find::<Value>(&render(&["--set", "crds.enabled=false"]), "CustomResourceDefinition").is_empty());
+    assert!(find::<Value>(
+        &render(&["--set", "crds.enabled=false"]),
+        "CustomResourceDefinition"
+    )
+    .is_empty());
 }
 
 #[test]
 fn notes_name_the_next_command() {
-    let out = helm(&["install", "rel", "charts/berth", "--dry-run=client", "--namespace", "berth-system"]);
-    assert!(out.contains("kubectl -n berth-system rollout status deploy/rel-berth"), "{out}");
+    let out = helm(&[
+        "install",
+        "rel",
+        "charts/berth",
+        "--dry-run=client",
+        "--namespace",
+        "berth-system",
+    ]);
+    assert!(
+        out.contains("kubectl -n berth-system rollout status deploy/rel-berth"),
+        "{out}"
+    );
     assert!(out.contains("kubectl get berth -A"), "{out}");
 }

@@ -34,9 +34,13 @@ async fn apply<K>(api: &Api<K>, name: &str, v: Value) -> K
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    api.patch(name, &PatchParams::apply(cluster::MANAGER).force(), &Patch::Apply(&v))
-        .await
-        .unwrap_or_else(|e| panic!("applying {name}: {e}"))
+    api.patch(
+        name,
+        &PatchParams::apply(cluster::MANAGER).force(),
+        &Patch::Apply(&v),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name}: {e}"))
 }
 
 fn psql(url: &str, sql: &str) -> String {
@@ -54,7 +58,14 @@ fn psql(url: &str, sql: &str) -> String {
 
 /// A pod that runs berth (bundled into `image` unless it is berth's own) with `args`, mounting
 /// the backup volume; waits until it ends and returns its log.
-async fn run_pod(client: &Client, ns: &str, name: &str, image: &str, args: &[&str], claim: &str) -> String {
+async fn run_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+    args: &[&str],
+    claim: &str,
+) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let berth = berth_image::image();
     let bundled = image != berth;
@@ -78,23 +89,35 @@ async fn run_pod(client: &Client, ns: &str, name: &str, image: &str, args: &[&st
             "args": ["backup", "bundle", "--to", "/berth"],
             "volumeMounts": [{"name": "berth", "mountPath": "/berth"}],
         }]);
-        pod["spec"]["containers"][0]["command"] =
-            json!(berth::backup::bundle::command("/berth"));
+        pod["spec"]["containers"][0]["command"] = json!(berth::backup::bundle::command("/berth"));
     }
-    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
-    let phase = cluster::wait_for_within(Duration::from_secs(180), &format!("pod {name} finished"), || {
-        let pods = pods.clone();
-        async move {
-            let p = pods.get(name).await.ok()?;
-            let phase = p.status?.phase?;
-            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-        }
-    })
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
+    let phase = cluster::wait_for_within(
+        Duration::from_secs(180),
+        &format!("pod {name} finished"),
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let phase = p.status?.phase?;
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+            }
+        },
+    )
     .await;
     let log = pods
-        .logs(name, &LogParams { container: Some("main".into()), ..LogParams::default() })
+        .logs(
+            name,
+            &LogParams {
+                container: Some("main".into()),
+                ..LogParams::default()
+            },
+        )
         .await
         .unwrap_or_default();
     assert_eq!(phase, "Succeeded", "pod {name} failed:\n{log}");
@@ -303,10 +326,24 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
     let name = format!("berth-e2e-pg18-{:x}", rand::random::<u32>());
     let _cleanup = Cleanup(vec![name.clone()]);
     docker(&[
-        "run", "-d", "--name", &name, "--label", "berth.dev/test=e2e_backup",
-        "-e", &format!("POSTGRES_PASSWORD={PASSWORD}"), "-e", "POSTGRES_DB=shop", PG_IMAGE,
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "berth.dev/test=e2e_backup",
+        "-e",
+        &format!("POSTGRES_PASSWORD={PASSWORD}"),
+        "-e",
+        "POSTGRES_DB=shop",
+        PG_IMAGE,
     ]);
-    let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name]);
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &name,
+    ]);
     let url = |db: &str| format!("postgres://postgres:{PASSWORD}@{ip}:5432/{db}");
     let deadline = Instant::now() + Duration::from_secs(90);
     while !Command::new("psql")
@@ -314,7 +351,10 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        assert!(Instant::now() < deadline, "PostgreSQL 18 in {name} never answered");
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL 18 in {name} never answered"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(psql(&url("shop"), "show server_version").starts_with("18."));
@@ -323,7 +363,10 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
         "create table items(id int primary key, name text not null, price numeric(10,2));
          insert into items select g, 'item-' || g, g * 1.25 from generate_series(1, 5000) g;",
     );
-    let old = Command::new(OLD_PG_DUMP).args(["--schema-only", &url("shop")]).output().unwrap();
+    let old = Command::new(OLD_PG_DUMP)
+        .args(["--schema-only", &url("shop")])
+        .output()
+        .unwrap();
     assert!(!old.status.success());
     assert!(String::from_utf8_lossy(&old.stderr).contains("server version mismatch"));
 
@@ -334,30 +377,73 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
     .unwrap();
     let folder = tempfile::tempdir().unwrap();
     // The restore container runs as the postgres user 999: the folder must be readable.
-    std::fs::set_permissions(folder.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let job = berth::backup::host::HostJob::from_spec("shop", &spec, name.clone(), folder.path().display().to_string()).unwrap();
+    std::fs::set_permissions(
+        folder.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let job = berth::backup::host::HostJob::from_spec(
+        "shop",
+        &spec,
+        name.clone(),
+        folder.path().display().to_string(),
+    )
+    .unwrap();
     let dk = bollard::Docker::connect_with_local_defaults().unwrap();
-    let out = berth::backup::host::run_in_container(&dk, &job).await.expect("berth backs up PostgreSQL 18");
-    assert!(out.backup.verified, "verified by a restore in the container");
-    println!("Docker host: {} ({} bytes) from PostgreSQL 18", out.backup.name, out.backup.size_bytes);
+    let out = berth::backup::host::run_in_container(&dk, &job)
+        .await
+        .expect("berth backs up PostgreSQL 18");
+    assert!(
+        out.backup.verified,
+        "verified by a restore in the container"
+    );
+    println!(
+        "Docker host: {} ({} bytes) from PostgreSQL 18",
+        out.backup.name, out.backup.size_bytes
+    );
 
     // Restore with pg_restore 18: berth bundled into the PostgreSQL 18 image, next to the server.
     let bundle = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(bundle.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    berth::backup::bundle::bundle_binary(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), bundle.path())
-        .expect("bundle berth");
+    std::fs::set_permissions(
+        bundle.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    berth::backup::bundle::bundle_binary(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
+        bundle.path(),
+    )
+    .expect("bundle berth");
     let mut args = vec![
-        "run".to_string(), "--rm".into(), "--user".into(), "999:999".into(),
-        "--network".into(), format!("container:{name}"),
-        "-v".into(), format!("{}:/berth:ro", bundle.path().display()),
-        "-v".into(), format!("{}:/backups:ro", folder.path().display()),
-        "--entrypoint".into(), "/berth/ld.so".into(), PG_IMAGE.into(),
+        "run".to_string(),
+        "--rm".into(),
+        "--user".into(),
+        "999:999".into(),
+        "--network".into(),
+        format!("container:{name}"),
+        "-v".into(),
+        format!("{}:/berth:ro", bundle.path().display()),
+        "-v".into(),
+        format!("{}:/backups:ro", folder.path().display()),
+        "--entrypoint".into(),
+        "/berth/ld.so".into(),
+        PG_IMAGE.into(),
     ];
     args.extend(berth::backup::bundle::command("/berth").into_iter().skip(1));
-    for a in ["backup", "restore", "--from", "/backups", "--latest", "--yes", "--database-url"] {
+    for a in [
+        "backup",
+        "restore",
+        "--from",
+        "/backups",
+        "--latest",
+        "--yes",
+        "--database-url",
+    ] {
         args.push(a.into());
     }
-    args.push(format!("postgres://postgres:{PASSWORD}@127.0.0.1:5432/restored"));
+    args.push(format!(
+        "postgres://postgres:{PASSWORD}@127.0.0.1:5432/restored"
+    ));
     docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let q = "select count(*) || ':' || md5(string_agg(id || ',' || name || ',' || price, ';' order by id)) from items";
     let (a, b) = (psql(&url("shop"), q), psql(&url("restored"), q));

@@ -65,8 +65,9 @@ fn copy_executable(from: &Path, to: &Path) -> Result<(), BackupError> {
 /// Writes the bundle into `dir` (created when missing) and returns the files written.
 pub fn bundle(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(io("reading /proc/self/maps (berth backup bundle needs Linux)".into()))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(io(
+        "reading /proc/self/maps (berth backup bundle needs Linux)".into(),
+    ))?;
     let (loader, libs) = mapped_libraries(&maps);
     let Some(loader) = loader else {
         return Err(BackupError::Io {

@@ -87,10 +87,7 @@ fn cron_job_from_spec() {
     // is made by that image's pg_dump.
     let init = &pod["initContainers"][0];
     assert_eq!(init["image"], "berth:test");
-    assert_eq!(
-        init["args"],
-        json!(["backup", "bundle", "--to", "/berth"])
-    );
+    assert_eq!(init["args"], json!(["backup", "bundle", "--to", "/berth"]));
     assert_eq!(
         init["volumeMounts"],
         json!([{"name": "berth", "mountPath": "/berth"}])
