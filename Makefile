@@ -27,7 +27,7 @@ fmt:
 ## Regenerate the checked-in CRDs and the API reference from the Rust types.
 crds: build
 	$(BERTH) crds --out-dir crds
-	$(BERTH) crds --out-dir charts/berth/crds
+	$(BERTH) crds --out-dir charts/berth/files/crds
 
 docs: build
 	$(BERTH) crds --markdown > docs/api.md
@@ -117,3 +117,27 @@ bench-docker:
 .PHONY: bench-cert
 bench-cert:
 	$(CARGO) test -p berth --test cert_docker_host -- --nocapture 2>&1 | grep figure:
+
+## The berth image (operator/Dockerfile): a release build of berth, stripped, copied onto a base
+## with glibc, libgcc and CA certificates, tagged berth:<version> and berth:dev. Offline by
+## default: the base berth-base:bookworm is made from this host's Debian packages
+## (tests/images/build.sh berth-base, `docker import`); BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+## builds the same Dockerfile on distroless. IMAGE_PROFILE=dev packs a debug build (quick local
+## iterations; stripped too). Prints the image size.
+.PHONY: image
+IMAGE_PROFILE ?= release
+IMAGE ?= berth
+BASE_IMAGE ?= berth-base:bookworm
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' operator/Cargo.toml | head -n1)
+IMAGE_CTX := $(or $(CARGO_TARGET_DIR),target)/image
+
+image:
+	$(CARGO) build --profile $(IMAGE_PROFILE) -p berth --bin berth
+	@mkdir -p $(IMAGE_CTX)
+	@rm -f $(IMAGE_CTX)/berth
+	strip -o $(IMAGE_CTX)/berth $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))/berth
+	@if [ "$(BASE_IMAGE)" = berth-base:bookworm ]; then tests/images/build.sh berth-base; fi
+	DOCKER_BUILDKIT=0 docker build -q -f operator/Dockerfile --build-arg BASE=$(BASE_IMAGE) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):dev $(IMAGE_CTX) >/dev/null
+	@docker image inspect -f '{{.Size}}' $(IMAGE):dev | \
+	  awk '{printf "built $(IMAGE):$(VERSION) and $(IMAGE):dev: %.1f MB\n", $$1/1e6}'

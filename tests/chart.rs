@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -65,7 +68,7 @@ fn chart_lints() {
 #[test]
 fn chart_crds_are_the_generated_ones() {
     for (file, body) in berth::api::crd_files().unwrap() {
-        let path = repo().join("charts/berth/crds").join(&file);
+        let path = repo().join("charts/berth/files/crds").join(&file);
         let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             on_disk == body,
@@ -73,6 +76,12 @@ fn chart_crds_are_the_generated_ones() {
             path.display()
         );
     }
+    // Helm installs a chart's crds/ folder by itself, ungated and never upgraded: the CRDs are
+    // templates (templates/crds.yaml) reading files/crds/.
+    assert!(
+        !repo().join("charts/berth/crds").exists(),
+        "charts/berth/crds/ must not exist (Helm would install the CRDs twice): generate into charts/berth/files/crds (make crds)"
+    );
 }
 
 #[test]
@@ -309,4 +318,238 @@ fn deployment_args_are_flags_berth_operator_accepts() {
             panic!("berth rejects the chart's args {args:?}: {e}");
         }
     }
+}
+
+/// `helm template` with these args fails, and the error names the value.
+fn render_fails(extra: &[&str], expect: &str) {
+    let bin = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&bin)
+        .args(["template", "rel", "charts/berth"])
+        .args(extra)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{extra:?} was accepted");
+    assert!(err.contains(expect), "{extra:?}: {err}");
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    render_fails(&["--set", "replicaCount=two"], "replicaCount");
+    render_fails(&["--set", "replicaCount=0"], "replicaCount");
+    render_fails(&["--set", "image.pullPolicy=Sometimes"], "pullPolicy");
+    render_fails(&["--set", "logFormat=xml"], "logFormat");
+    render_fails(&["--set", "crds.enabled=yes"], "crds");
+    render_fails(&["--set", "metrics.port=http"], "port");
+    render_fails(
+        &["--set", "watchNamespace=Not_A_Namespace"],
+        "watchNamespace",
+    );
+    render_fails(&["--set", "replicas=2"], "replicas");
+}
+
+/// Parses `doc` into `T` and back: a field the type does not know (a typo, a wrong level) is
+/// dropped on the way and shows as a difference.
+fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{} {}: {e}", doc["kind"], doc["metadata"]["name"]));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(&back, doc, "{} does not round-trip", doc["kind"]);
+}
+
+#[test]
+fn every_rendered_object_parses_into_its_kubernetes_type() {
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "watchNamespace=shop,metrics.serviceMonitor.enabled=true",
+        ][..],
+        &[
+            "--set",
+            "replicaCount=1,crds.enabled=false,metrics.service.enabled=false",
+        ][..],
+    ] {
+        for doc in render(extra) {
+            match doc["kind"].as_str().unwrap_or_default() {
+                "Deployment" => round_trips::<Deployment>(&doc),
+                "Service" => round_trips::<Service>(&doc),
+                "ServiceAccount" => round_trips::<ServiceAccount>(&doc),
+                "ClusterRole" => round_trips::<ClusterRole>(&doc),
+                "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(&doc),
+                "Role" => round_trips::<Role>(&doc),
+                "RoleBinding" => round_trips::<RoleBinding>(&doc),
+                "PodDisruptionBudget" => round_trips::<PodDisruptionBudget>(&doc),
+                "CustomResourceDefinition" => {
+                    let _: CustomResourceDefinition = serde_json::from_value(doc.clone())
+                        .unwrap_or_else(|e| panic!("CRD {}: {e}", doc["metadata"]["name"]));
+                }
+                "ServiceMonitor" => {
+                    assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                    assert_eq!(doc["spec"]["endpoints"][0]["port"], "http");
+                    assert_eq!(doc["spec"]["endpoints"][0]["path"], "/metrics");
+                }
+                other => panic!("{extra:?} renders a {other} the test does not know"),
+            }
+        }
+    }
+}
+
+fn container(docs: &[Value]) -> k8s_openapi::api::core::v1::Container {
+    let d: Vec<Deployment> = find(docs, "Deployment");
+    d[0].spec.clone().unwrap().template.spec.unwrap().containers[0].clone()
+}
+
+#[test]
+fn image_is_what_make_image_builds_and_backup_jobs_get_it() {
+    let docs = render(&[]);
+    let c = container(&docs);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("berth:{version}").as_str())
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let env = c.env.unwrap();
+    let berth_image = env
+        .iter()
+        .find(|e| e.name == "BERTH_IMAGE")
+        .expect("BERTH_IMAGE");
+    assert_eq!(
+        berth_image.value.as_deref(),
+        Some(format!("berth:{version}").as_str())
+    );
+
+    let docs = render(&[
+        "--set",
+        "image.repository=registry.local/berth,image.tag=1.2.3",
+    ]);
+    let c = container(&docs);
+    assert_eq!(c.image.as_deref(), Some("registry.local/berth:1.2.3"));
+    let env = c.env.unwrap();
+    assert!(env.iter().any(
+        |e| e.name == "BERTH_IMAGE" && e.value.as_deref() == Some("registry.local/berth:1.2.3")
+    ));
+}
+
+#[test]
+fn pod_is_locked_down() {
+    let docs = render(&[]);
+    let d: Vec<Deployment> = find(&docs, "Deployment");
+    let pod = d[0].spec.clone().unwrap().template.spec.unwrap();
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    // A rolling update keeps a Ready replica: a new pod is Ready before an old one stops.
+    let strategy = d[0].spec.clone().unwrap().strategy.unwrap();
+    let ru = strategy.rolling_update.unwrap();
+    assert_eq!(
+        ru.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+}
+
+#[test]
+fn pdb_only_with_more_than_one_replica() {
+    let pdbs: Vec<PodDisruptionBudget> = find(&render(&[]), "PodDisruptionBudget");
+    assert_eq!(pdbs.len(), 1);
+    let spec = pdbs[0].spec.clone().unwrap();
+    assert!(spec.max_unavailable.is_some());
+    assert_eq!(
+        spec.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/name"],
+        "berth"
+    );
+    assert!(find::<Value>(&render(&["--set", "replicaCount=1"]), "PodDisruptionBudget").is_empty());
+}
+
+#[test]
+fn service_monitor_is_optional() {
+    assert!(find::<Value>(&render(&[]), "ServiceMonitor").is_empty());
+    let docs = render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+    ]);
+    let sm: Vec<Value> = find(&docs, "ServiceMonitor");
+    assert_eq!(sm.len(), 1);
+    assert_eq!(sm[0]["metadata"]["labels"]["release"], "prom");
+    // It selects the metrics Service by its labels.
+    let svc: Vec<Service> = find(&docs, "Service");
+    let labels = svc[0].metadata.labels.clone().unwrap();
+    for (k, v) in sm[0]["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "{k}");
+    }
+}
+
+#[test]
+fn crds_are_gated_kept_and_applied_first() {
+    let crds: Vec<CustomResourceDefinition> = find(&render(&[]), "CustomResourceDefinition");
+    let names: BTreeSet<String> = crds
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    let expected: BTreeSet<String> = berth::api::crds()
+        .into_iter()
+        .map(|c| c.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, expected);
+    for crd in &crds {
+        let a = crd.metadata.annotations.clone().unwrap();
+        assert_eq!(a["helm.sh/resource-policy"], "keep");
+        // Argo CD applies lower waves first: the CRDs before any berth object (wave 0).
+        assert!(a["argocd.argoproj.io/sync-wave"].parse::<i32>().unwrap() < 0);
+        // Exactly the generated schema.
+        let generated = berth::api::crds()
+            .into_iter()
+            .find(|c| c.metadata.name == crd.metadata.name)
+            .unwrap();
+        assert!(
+            crd.spec == generated.spec,
+            "{:?} differs from the generated CRD: run make crds",
+            crd.metadata.name
+        );
+    }
+    let kept_off: Vec<CustomResourceDefinition> = find(
+        &render(&["--set", "crds.keep=false"]),
+        "CustomResourceDefinition",
+    );
+    assert_eq!(kept_off.len(), 4);
+    assert!(kept_off.iter().all(|c| !c
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .contains_key("helm.sh/resource-policy")));
+    assert!(find::<Value>(
+        &render(&["--set", "crds.enabled=false"]),
+        "CustomResourceDefinition"
+    )
+    .is_empty());
+}
+
+#[test]
+fn notes_name_the_next_command() {
+    let out = helm(&[
+        "install",
+        "rel",
+        "charts/berth",
+        "--dry-run=client",
+        "--namespace",
+        "berth-system",
+    ]);
+    assert!(
+        out.contains("kubectl -n berth-system rollout status deploy/rel-berth"),
+        "{out}"
+    );
+    assert!(out.contains("kubectl get berth -A"), "{out}");
 }

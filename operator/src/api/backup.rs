@@ -37,6 +37,7 @@ use super::common::{SecretKeyRef, SecretRef};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.postgresVersion) && has(self.image))").message("set either postgresVersion or image, not both"))]
 pub struct BackupSpec {
     /// Cron schedule with 5 fields (minute hour day-of-month month day-of-week).
     #[schemars(length(min = 1, max = 100), regex(pattern = crate::api::patterns::CRON))]
@@ -63,6 +64,17 @@ pub struct BackupSpec {
     /// Restore each new backup into a scratch database, check it, then drop it.
     #[serde(default)]
     pub verify: bool,
+    /// Major version of the official `postgres` image whose `pg_dump` makes the dump on
+    /// Kubernetes (e.g. `"17"`): pg_dump cannot dump a newer server than itself. Default: the
+    /// AppStack's PostgreSQL image for an in-stack database, else `"18"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,3}$"))]
+    pub postgres_version: Option<String>,
+    /// Full image reference instead of `postgresVersion`: any image with `pg_dump` and `psql` on
+    /// its PATH and glibc (berth's binary is copied into it and run there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
 }
 
 /// The default schedule time zone.

@@ -10,7 +10,7 @@
 //! backups is shortened (newest first) to fit.
 
 pub mod controller;
-pub use controller::{run, Metrics};
+pub use controller::{run, run_with_image, Metrics};
 #[cfg(test)]
 mod tests;
 
@@ -19,9 +19,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, SecretKeySelector, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -90,15 +91,42 @@ impl RunReport {
     }
 }
 
+/// Where the init container puts the berth bundle in the backup pod.
+pub const BUNDLE_PATH: &str = "/berth";
+/// The PostgreSQL major version whose pg_dump dumps a database berth knows nothing of: the
+/// newest, because pg_dump dumps older servers but never newer ones.
+pub const DEFAULT_DUMP_POSTGRES_VERSION: &str = "18";
+/// The UID/GID of the official postgres image's `postgres` user, which the dump runs as.
+pub const POSTGRES_UID: i64 = 999;
+
 /// What the pods of a Backup need that is not in its spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInputs {
-    /// The berth image (the operator's own).
+    /// The berth image (the operator's own): its init container copies berth into the pod.
     pub image: String,
+    /// The PostgreSQL image whose pg_dump makes the dump ([`dump_image`]).
+    pub dump_image: String,
     /// The Secret key with the database URL (resolved from `appStackRef` when used).
     pub database_url: SecretKeyRef,
     /// The AppStack whose database is dumped, so its network policy admits the pod.
     pub stack: Option<String>,
+}
+
+/// The image the dump runs in, so that pg_dump's major version is the server's: the Backup's
+/// `image`, else `postgres:<postgresVersion>`, else the in-stack PostgreSQL's image
+/// (`stack_image`), else `postgres:18`.
+pub fn dump_image(backup: &Backup, stack_image: Option<&str>) -> String {
+    let s = &backup.spec;
+    if let Some(i) = s.image.as_deref().filter(|i| !i.is_empty()) {
+        return i.to_string();
+    }
+    if let Some(v) = s.postgres_version.as_deref().filter(|v| !v.is_empty()) {
+        return format!("postgres:{v}");
+    }
+    match stack_image {
+        Some(i) => i.to_string(),
+        None => format!("postgres:{DEFAULT_DUMP_POSTGRES_VERSION}"),
+    }
 }
 
 /// The PVC of a `volume` destination.
@@ -134,11 +162,14 @@ fn meta(backup: &Backup, name: String, stack: Option<&str>) -> ObjectMeta {
     }
 }
 
-/// The claim of a `volume` destination; `None` for S3.
+/// The claim of a `volume` destination; `None` for S3. It has no owner: deleting the Backup (or
+/// the AppStack that owns it) keeps the backups; the user deletes the claim explicitly.
 pub fn pvc(backup: &Backup) -> Option<PersistentVolumeClaim> {
     let v = backup.spec.destination.volume.as_ref()?;
+    let mut metadata = meta(backup, pvc_name(backup), None);
+    metadata.owner_references = None;
     Some(PersistentVolumeClaim {
-        metadata: meta(backup, pvc_name(backup), None),
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: v.storage_class_name.clone(),
@@ -234,6 +265,22 @@ fn literal_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// Non-root, no privilege escalation, no capabilities; `uid` for an image whose default user is
+/// root (the postgres images start as root and drop to `postgres` in their entrypoint).
+fn restricted(uid: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: uid,
+        run_as_group: uid,
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The Job both the CronJob and the backup-now annotation run.
 pub fn job_spec(backup: &Backup, inputs: &JobInputs) -> JobSpec {
     let mut env = vec![secret_env(
@@ -242,8 +289,17 @@ pub fn job_spec(backup: &Backup, inputs: &JobInputs) -> JobSpec {
         &inputs.database_url.key,
         false,
     )];
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
+    let bundle = VolumeMount {
+        name: "berth".into(),
+        mount_path: BUNDLE_PATH.into(),
+        ..VolumeMount::default()
+    };
+    let mut volumes = vec![Volume {
+        name: "berth".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![bundle.clone()];
     if let Some(s3) = &backup.spec.destination.s3 {
         let creds = &s3.credentials_secret_ref.name;
         env.push(secret_env(
@@ -296,17 +352,43 @@ pub fn job_spec(backup: &Backup, inputs: &JobInputs) -> JobSpec {
             }),
             spec: Some(PodSpec {
                 restart_policy: Some("Never".into()),
+                security_context: Some(PodSecurityContext {
+                    fs_group: Some(POSTGRES_UID),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        localhost_profile: None,
+                    }),
+                    ..PodSecurityContext::default()
+                }),
+                // berth's image copies berth, its loader and libraries into the emptyDir ...
+                init_containers: Some(vec![Container {
+                    name: "berth".into(),
+                    image: Some(inputs.image.clone()),
+                    command: Some(vec!["/usr/local/bin/berth".into()]),
+                    args: Some(vec![
+                        "backup".into(),
+                        "bundle".into(),
+                        "--to".into(),
+                        BUNDLE_PATH.into(),
+                    ]),
+                    volume_mounts: Some(vec![bundle]),
+                    security_context: Some(restricted(None)),
+                    ..Container::default()
+                }]),
+                // ... and the PostgreSQL image runs it, so its own pg_dump makes the dump.
                 containers: vec![Container {
                     name: "backup".into(),
-                    image: Some(inputs.image.clone()),
+                    image: Some(inputs.dump_image.clone()),
+                    command: Some(super::bundle::command(BUNDLE_PATH)),
                     args: Some(run_args(backup)),
                     env: Some(env),
-                    volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                    volume_mounts: Some(mounts),
                     termination_message_path: Some(REPORT_PATH.into()),
                     termination_message_policy: Some("File".into()),
+                    security_context: Some(restricted(Some(POSTGRES_UID))),
                     ..Container::default()
                 }],
-                volumes: (!volumes.is_empty()).then_some(volumes),
+                volumes: Some(volumes),
                 ..PodSpec::default()
             }),
         },

@@ -8,6 +8,7 @@
 //! Retention runs after a successful run only, counts only backups with a manifest and never
 //! deletes the newest one.
 
+pub mod bundle;
 pub mod catalog;
 pub mod host;
 pub mod kube;

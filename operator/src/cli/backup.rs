@@ -23,6 +23,17 @@ pub enum BackupCommand {
     List(ListArgs),
     /// Restore a backup into a database (created when absent).
     Restore(RestoreArgs),
+    /// Copy berth with its loader and libraries into a folder, to run it inside another image
+    /// (`DIR/ld.so --library-path DIR DIR/berth ...`): what a Kubernetes backup Job's init
+    /// container does so that the PostgreSQL image's own pg_dump makes the dump.
+    Bundle(BundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// The folder (created when missing).
+    #[arg(long)]
+    pub to: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -132,6 +143,7 @@ pub fn run(args: BackupArgs) -> u8 {
         BackupCommand::Run(a) => ("run", rt.block_on(run_cmd(a))),
         BackupCommand::List(a) => ("list", rt.block_on(list_cmd(a))),
         BackupCommand::Restore(a) => ("restore", rt.block_on(restore_cmd(a))),
+        BackupCommand::Bundle(a) => ("bundle", bundle_cmd(a)),
     };
     match result {
         Ok(()) => exit::OK,
@@ -282,5 +294,11 @@ async fn restore_cmd(a: RestoreArgs) -> Result<(), BackupError> {
     };
     let m = backup::restore(&opts).await?;
     println!("restored {} ({} bytes)", m.name, m.size_bytes);
+    Ok(())
+}
+
+fn bundle_cmd(a: BundleArgs) -> Result<(), BackupError> {
+    let files = backup::bundle::bundle(&a.to)?;
+    println!("bundled {} files into {}", files.len(), a.to.display());
     Ok(())
 }

@@ -470,5 +470,7 @@ fn backup_spec(stack: &str, b: &StackBackup) -> BackupSpec {
         compression: b.compression,
         retention: b.retention.clone(),
         verify: b.verify,
+        postgres_version: None,
+        image: None,
     }
 }

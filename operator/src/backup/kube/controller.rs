@@ -41,8 +41,9 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 pub const RETRY: Duration = Duration::from_secs(30);
 /// Retry delay while the spec cannot be carried out (e.g. the AppStack does not exist yet).
 pub const BLOCKED_RETRY: Duration = Duration::from_secs(60);
-/// The image backup pods run when `BERTH_IMAGE` is not set.
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION"));
+/// The berth image backup pods start from when `BERTH_IMAGE` is not set: what `make image`
+/// tags (the chart always sets `BERTH_IMAGE` to the operator's own image).
+pub const DEFAULT_IMAGE: &str = concat!("berth:", env!("CARGO_PKG_VERSION"));
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -130,6 +131,36 @@ pub async fn run_synced(
     synced: crate::controller::synced::Synced,
 ) -> Result<(), BackupError> {
     let image = std::env::var("BERTH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    run_inner(client, namespace, metrics, shutdown, image, synced).await
+}
+
+/// [`run`] with the berth image given (tests, embedders).
+pub async fn run_with_image(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    image: String,
+) -> Result<(), BackupError> {
+    run_inner(
+        client,
+        namespace,
+        metrics,
+        shutdown,
+        image,
+        Default::default(),
+    )
+    .await
+}
+
+async fn run_inner(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    image: String,
+    synced: crate::controller::synced::Synced,
+) -> Result<(), BackupError> {
     let (backups, cron_jobs, jobs): (Api<Backup>, Api<CronJob>, Api<Job>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -170,14 +201,18 @@ fn error_policy(backup: Arc<Backup>, err: &BackupError, ctx: Arc<Context>) -> Ac
     Action::requeue(RETRY)
 }
 
+/// Where the database comes from: the URL's Secret key, the AppStack, the image of the
+/// in-stack PostgreSQL.
+type DatabaseRef = (SecretKeyRef, Option<String>, Option<String>);
+
 /// Where the database URL comes from, or why it cannot be known yet.
 async fn database_ref(
     backup: &Backup,
     client: &Client,
     ns: &str,
-) -> Result<Result<(SecretKeyRef, Option<String>), (&'static str, String)>, BackupError> {
+) -> Result<Result<DatabaseRef, (&'static str, String)>, BackupError> {
     if let Some(r) = &backup.spec.database.url_secret_ref {
-        return Ok(Ok((r.clone(), None)));
+        return Ok(Ok((r.clone(), None, None)));
     }
     let Some(stack) = &backup.spec.database.app_stack_ref else {
         return Ok(Err((
@@ -193,9 +228,16 @@ async fn database_ref(
         )));
     };
     let urls = crate::plan::wiring::stack_urls(stack, &s.spec);
-    match urls.database.map(|d| d.value) {
-        Some(crate::plan::EnvValue::Secret(r)) | Some(crate::plan::EnvValue::Generated(r)) => {
-            Ok(Ok((r, Some(stack.clone()))))
+    let Some(db) = urls.database else {
+        return Ok(Err((
+            "NoDatabase",
+            format!("AppStack {stack:?} has no postgres; add spec.postgres or use database.urlSecretRef"),
+        )));
+    };
+    let image = db.in_stack.then_some(db.tool_image);
+    match db.value {
+        crate::plan::EnvValue::Secret(r) | crate::plan::EnvValue::Generated(r) => {
+            Ok(Ok((r, Some(stack.clone()), image)))
         }
         _ => Ok(Err((
             "NoDatabase",
@@ -214,7 +256,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = backup.status.clone();
     let apply = PatchParams::apply(MANAGER).force();
 
-    let (database_url, stack) = match database_ref(&backup, client, &ns).await? {
+    let (database_url, stack, stack_image) = match database_ref(&backup, client, &ns).await? {
         Ok(r) => r,
         Err((reason, message)) => {
             let st = blocked_status(&backup, reason, message, previous.as_ref(), Utc::now());
@@ -225,6 +267,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     };
     let inputs = JobInputs {
         image: ctx.image.clone(),
+        dump_image: super::dump_image(&backup, stack_image.as_deref()),
         database_url,
         stack,
     };

@@ -50,6 +50,7 @@ fn merge(a: &mut Value, b: Value) {
 fn inputs() -> JobInputs {
     JobInputs {
         image: "berth:test".into(),
+        dump_image: "postgres:17".into(),
         database_url: SecretKeyRef {
             name: "db".into(),
             key: "url".into(),
@@ -82,8 +83,25 @@ fn cron_job_from_spec() {
     assert_eq!(job["backoffLimit"], 0);
     let pod = &job["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
+    // berth's image bundles berth into an emptyDir; the PostgreSQL image runs it, so the dump
+    // is made by that image's pg_dump.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["image"], "berth:test");
+    assert_eq!(init["args"], json!(["backup", "bundle", "--to", "/berth"]));
+    assert_eq!(
+        init["volumeMounts"],
+        json!([{"name": "berth", "mountPath": "/berth"}])
+    );
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], "berth:test");
+    assert_eq!(c["image"], "postgres:17");
+    assert_eq!(
+        c["command"],
+        json!(["/berth/ld.so", "--library-path", "/berth", "/berth/berth"])
+    );
+    assert_eq!(c["securityContext"]["runAsUser"], 999);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(pod["securityContext"]["fsGroup"], 999);
     assert_eq!(
         c["args"],
         json!([
@@ -112,15 +130,20 @@ fn cron_job_from_spec() {
     );
     assert_eq!(
         c["volumeMounts"],
-        json!([{"name": "backups", "mountPath": "/backups"}])
+        json!([{"name": "berth", "mountPath": "/berth"}, {"name": "backups", "mountPath": "/backups"}])
     );
     assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
     assert_eq!(
         pod["volumes"],
-        json!([{"name": "backups", "persistentVolumeClaim": {"claimName": "vidgen-backups"}}])
+        json!([{"name": "berth", "emptyDir": {}}, {"name": "backups", "persistentVolumeClaim": {"claimName": "vidgen-backups"}}])
     );
     let claim = serde_json::to_value(pvc(&b).unwrap()).unwrap();
     assert_eq!(claim["metadata"]["name"], "vidgen-backups");
+    // The backups outlive the Backup and its AppStack: no owner, so no garbage collection.
+    assert!(
+        claim["metadata"].get("ownerReferences").is_none(),
+        "{claim}"
+    );
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
 }
 
@@ -173,7 +196,10 @@ fn s3_destination_and_stack_labels() {
         ]
     );
     assert_eq!(c["env"][1]["valueFrom"]["secretKeyRef"]["name"], "s3");
-    assert!(c.get("volumeMounts").is_none());
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "berth", "mountPath": "/berth"}])
+    );
     let labels = &v["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"];
     assert_eq!(labels["berth.dev/stack"], "vidgen");
     assert_eq!(labels["app.kubernetes.io/component"], "backup");
@@ -715,4 +741,17 @@ async fn missing_app_stack_sets_ready_false() {
     });
     reconcile(Arc::new(b), ctx).await.unwrap();
     server.await.unwrap();
+}
+
+#[test]
+fn dump_image_matches_the_server() {
+    let b = backup(json!({}));
+    // An in-stack PostgreSQL: its own image.
+    assert_eq!(dump_image(&b, Some("postgres:15")), "postgres:15");
+    // Unknown server (urlSecretRef, external): the newest pg_dump, which dumps older servers.
+    assert_eq!(dump_image(&b, None), "postgres:18");
+    let b = backup(json!({"spec": {"postgresVersion": "17"}}));
+    assert_eq!(dump_image(&b, Some("postgres:15")), "postgres:17");
+    let b = backup(json!({"spec": {"image": "registry.local/pg:18.1"}}));
+    assert_eq!(dump_image(&b, None), "registry.local/pg:18.1");
 }

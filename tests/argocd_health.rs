@@ -1,0 +1,232 @@
+//! The Argo CD health checks (charts/berth/files/argocd/health.yaml, the `resource.customizations`
+//! snippet users paste) run by a real Lua interpreter (Debian's lua5.4, as Argo CD runs gopher-lua
+//! 5.1-compatible scripts, so the scripts use nothing newer) against recorded status objects of
+//! each kind (tests/argocd/health-cases.json) and statuses made by berth's own Backup status code.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn checks() -> BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
+    serde_norway::from_str(&text).unwrap()
+}
+
+/// A JSON value as a Lua table constructor (null fields are left out, as gopher-lua sees them).
+fn lua(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let mut out = String::from("\"");
+            for ch in s.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        Value::Array(a) => format!("{{{}}}", a.iter().map(lua).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua(&Value::String(k.clone())), lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs the health script of `obj`'s kind with lua5.4; returns (status, message).
+fn health(obj: &Value) -> (String, String) {
+    let key = format!(
+        "resource.customizations.health.berth.dev_{}",
+        obj["kind"].as_str().unwrap()
+    );
+    let script = checks()
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {key}"));
+    let program = format!(
+        "obj = {}\nlocal function check()\n{}\nend\nlocal hs = check()\nio.write(hs.status, \"\\n\", hs.message or \"\")\n",
+        lua(obj),
+        script
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("health.lua");
+    std::fs::write(&file, program).unwrap();
+    let bin = std::env::var("LUA").unwrap_or_else(|_| "lua5.4".into());
+    let out = Command::new(&bin)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install lua5.4): {e}"));
+    assert!(
+        out.status.success(),
+        "lua: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, message) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.to_string(), message.to_string())
+}
+
+#[test]
+fn the_four_kinds_have_the_same_checked_script() {
+    let c = checks();
+    let kinds: Vec<&str> = c
+        .keys()
+        .map(|k| k.trim_start_matches("resource.customizations.health.berth.dev_"))
+        .collect();
+    assert_eq!(kinds, ["AppStack", "Backup", "Certificate", "Worker"]);
+    // docs/gitops.md shows the same snippet users paste.
+    let doc = std::fs::read_to_string(repo().join("docs/gitops.md")).unwrap();
+    let snippet =
+        std::fs::read_to_string(repo().join("charts/berth/files/argocd/health.yaml")).unwrap();
+    let body: String = snippet
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        doc.contains(&body),
+        "docs/gitops.md must contain charts/berth/files/argocd/health.yaml"
+    );
+}
+
+#[test]
+fn recorded_objects_of_each_kind() {
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/argocd/health-cases.json")).unwrap(),
+    )
+    .unwrap();
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for case in &cases {
+        let (status, message) = health(&case["object"]);
+        let name = case["name"].as_str().unwrap();
+        assert_eq!(
+            status,
+            case["expect"].as_str().unwrap(),
+            "{name}: {message}"
+        );
+        let contains = case["messageContains"].as_str().unwrap();
+        assert!(
+            message.contains(contains),
+            "{name}: message {message:?} lacks {contains:?}"
+        );
+        println!("{name:28} {status:12} {message}");
+        *seen
+            .entry((case["object"]["kind"].as_str().unwrap().to_string(), status))
+            .or_default() += 1;
+    }
+    for kind in ["AppStack", "Worker", "Certificate", "Backup"] {
+        for status in ["Healthy", "Progressing", "Degraded"] {
+            assert!(
+                seen.contains_key(&(kind.to_string(), status.to_string())),
+                "no recorded {kind} that is {status}"
+            );
+        }
+    }
+}
+
+fn backup(generation: i64) -> berth::api::Backup {
+    serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "shop", "namespace": "shop", "generation": generation},
+        "spec": {"schedule": "0 2 * * *", "database": {"appStackRef": "shop"},
+                 "destination": {"volume": {"size": "1Gi"}}}
+    }))
+    .unwrap()
+}
+
+fn with_status(b: &berth::api::Backup, st: berth::api::BackupStatus) -> Value {
+    let mut v = serde_json::to_value(b).unwrap();
+    v["status"] = serde_json::to_value(st).unwrap();
+    v
+}
+
+#[test]
+fn statuses_made_by_the_backup_controller() {
+    use berth::backup::kube::{blocked_status, status_from_jobs, ObservedJob, RunReport};
+    let now = chrono::Utc::now();
+    let b = backup(2);
+    // Blocked (the AppStack does not exist): Degraded with the controller's message.
+    let st = blocked_status(
+        &b,
+        "AppStackNotFound",
+        "AppStack \"shop\" does not exist".into(),
+        None,
+        now,
+    );
+    let (status, message) = health(&with_status(&b, st));
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("does not exist"), "{message}");
+
+    let job = |active: bool,
+               succeeded: bool,
+               failed: bool,
+               report: Option<RunReport>,
+               failure: Option<String>| ObservedJob {
+        name: "shop-now-1".into(),
+        created: Some(now),
+        completed: (!active).then_some(now),
+        active,
+        succeeded,
+        failed,
+        failure,
+        report,
+    };
+    // A Job running, no backup yet: Progressing.
+    let st = status_from_jobs(&b, &[job(true, false, false, None, None)], None, now);
+    assert_eq!(health(&with_status(&b, st)).0, "Progressing");
+    // A Job that succeeded with a report: Healthy.
+    let record: berth::api::backup::BackupRecord = serde_json::from_value(json!({
+        "name": "shop-20261201T020000Z.dump.zst", "sizeBytes": 10, "sha256": "ab"
+    }))
+    .unwrap();
+    let ok = RunReport {
+        backup: Some(record.clone()),
+        backups: vec![record],
+        error: None,
+    };
+    let st = status_from_jobs(&b, &[job(false, true, false, Some(ok), None)], None, now);
+    assert_eq!(health(&with_status(&b, st.clone())).0, "Healthy");
+    // The same status before berth saw a new generation: Progressing.
+    assert_eq!(health(&with_status(&backup(3), st)).0, "Progressing");
+    // A failed Job: Degraded with the report's error.
+    let bad = RunReport {
+        backup: None,
+        backups: vec![],
+        error: Some("cannot connect to postgres://shop@db/shop".into()),
+    };
+    let st = status_from_jobs(
+        &b,
+        &[job(
+            false,
+            false,
+            true,
+            Some(bad),
+            Some("cannot connect".into()),
+        )],
+        None,
+        now,
+    );
+    let (status, message) = health(&with_status(&b, st));
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("cannot connect"), "{message}");
+}
