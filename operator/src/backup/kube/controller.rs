@@ -14,10 +14,11 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -90,6 +91,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// The berth image the backup pods run.
     pub image: String,
+    /// The CronJobs as the watch last saw them: one already as desired is not applied again.
+    pub cron_jobs: Store<CronJob>,
+    /// Consecutive failed reconciles per Backup (`namespace/name`), for the backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -106,6 +111,8 @@ impl Context {
             metrics,
             recorder,
             image,
+            cron_jobs: reflector::store().0,
+            failures: Default::default(),
         }
     }
 }
@@ -161,31 +168,43 @@ async fn run_inner(
     image: String,
     synced: crate::controller::synced::Synced,
 ) -> Result<(), BackupError> {
-    let (backups, cron_jobs, jobs): (Api<Backup>, Api<CronJob>, Api<Job>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    let ctx = Arc::new(Context::new(client, metrics, image));
+    let (backups, cron_jobs, jobs): (Api<DeserializeGuard<Backup>>, Api<CronJob>, Api<Job>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let (store, writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        cron_jobs: store,
+        ..Context::new(client, metrics, image)
+    });
     let managed = watcher::Config::default().labels(BACKUP_LABEL);
-    let (trigger, reader) =
-        crate::controller::synced::main_watch(backups, watcher::Config::default(), synced);
+    let owned = watcher(cron_jobs, managed.clone().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let (trigger, reader) = crate::controller::synced::main_watch(
+        backups,
+        watcher::Config::default().any_semantic(),
+        synced,
+    );
     Controller::for_stream(trigger, reader)
-        .owns(cron_jobs, managed.clone())
+        .owns_stream(owned)
         .watches(jobs, managed, |job: Job| {
             let name = job.labels().get(BACKUP_LABEL).cloned()?;
             let ns = job.namespace()?;
-            Some(ObjectRef::<Backup>::new(&name).within(&ns))
+            Some(ObjectRef::<DeserializeGuard<Backup>>::new(&name).within(&ns))
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_guarded, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 warn!(error = %e, "backup reconcile failed");
@@ -195,10 +214,78 @@ async fn run_inner(
     Ok(())
 }
 
-fn error_policy(backup: Arc<Backup>, err: &BackupError, ctx: Arc<Context>) -> Action {
+/// Failed reconciles are retried with a doubling delay: `RETRY` (30 s) up to 10 min.
+fn error_policy(
+    backup: Arc<DeserializeGuard<Backup>>,
+    err: &BackupError,
+    ctx: Arc<Context>,
+) -> Action {
     warn!(backup = %backup.name_any(), error = %err, "reconcile failed, retrying");
     ctx.metrics.count("error");
-    Action::requeue(RETRY)
+    let key = format!(
+        "{}/{}",
+        backup.namespace().unwrap_or_default(),
+        backup.name_any()
+    );
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(retry_delay(*n))
+}
+
+/// The delay after `failures` consecutive failures (at least one).
+pub fn retry_delay(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(RESYNC)
+}
+
+/// [`reconcile`] for what the watch delivers: an object that does not deserialize gets a
+/// Warning Event and waits for a change, without stalling the controller.
+pub async fn reconcile_guarded(
+    guarded: Arc<DeserializeGuard<Backup>>,
+    ctx: Arc<Context>,
+) -> Result<Action, BackupError> {
+    let key = format!(
+        "{}/{}",
+        guarded.namespace().unwrap_or_default(),
+        guarded.name_any()
+    );
+    match &guarded.0 {
+        Ok(backup) => {
+            let result = reconcile(Arc::new(backup.clone()), ctx.clone()).await;
+            if result.is_ok() {
+                ctx.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+            }
+            result
+        }
+        Err(invalid) => {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "InvalidObject".into(),
+                note: Some(
+                    format!(
+                        "the Backup cannot be read ({}): fix it so it matches the Backup CRD",
+                        invalid.error
+                    )
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                ),
+                action: "Backup".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &guarded.object_ref(&())).await {
+                warn!(error = %e, "could not publish an event");
+            }
+            warn!(backup = %key, error = %invalid.error, "cannot reconcile");
+            ctx.metrics.count("invalid");
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// Where the database comes from: the URL's Secret key, the AppStack, the image of the
@@ -278,8 +365,19 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
             .await?;
     }
     let cj = cron_job(&backup, &inputs);
-    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    cron_jobs.patch(&name, &apply, &Patch::Apply(&cj)).await?;
+    let mut desired = serde_json::to_value(&cj).map_err(kube::Error::SerdeError)?;
+    crate::controller::diff::stamp(&mut desired);
+    let current = ctx
+        .cron_jobs
+        .get(&ObjectRef::new(&name).within(&ns))
+        .and_then(|c| serde_json::to_value(&*c).ok())
+        .is_some_and(|observed| crate::controller::diff::up_to_date(&desired, &observed));
+    if !current {
+        let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+        cron_jobs
+            .patch(&name, &apply, &Patch::Apply(&desired))
+            .await?;
+    }
 
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
     let selector = ListParams::default().labels(&format!("{BACKUP_LABEL}={name}"));

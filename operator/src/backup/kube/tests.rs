@@ -755,3 +755,10 @@ fn dump_image_matches_the_server() {
     let b = backup(json!({"spec": {"image": "registry.local/pg:18.1"}}));
     assert_eq!(dump_image(&b, None), "registry.local/pg:18.1");
 }
+
+#[test]
+fn failed_reconciles_back_off_exponentially_up_to_the_resync() {
+    use super::controller::retry_delay;
+    let secs: Vec<u64> = (1..7).map(|n| retry_delay(n).as_secs()).collect();
+    assert_eq!(secs, [30, 60, 120, 240, 480, 600]);
+}
