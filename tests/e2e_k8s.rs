@@ -34,6 +34,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/argocd.rs"]
+mod argocd;
 #[path = "support/cluster.rs"]
 mod cluster;
 use cluster::{wait_for, MANAGER};
@@ -678,6 +680,11 @@ async fn e2e_invalid_spec_is_reported_on_the_object() {
         })
         .await;
         assert!(!exists::<Deployment>(&client, &ns, "clash-api").await);
+        // Argo CD's view of the live object: Degraded, with the condition's message.
+        let live = serde_json::to_value(api.get("clash").await.unwrap()).unwrap();
+        let (health, message) = argocd::health(&live);
+        assert_eq!(health, "Degraded", "{live}");
+        assert!(message.contains("timeoutSeconds"), "{message}");
     })
     .await;
 }
@@ -777,6 +784,16 @@ async fn e2e_demo_stack_runs_ready_then_idles_without_writes() {
         );
         apply_obj(&client, &ns, &stack).await;
         let api: Api<AppStack> = Api::namespaced(client.clone(), &ns);
+        // While the pods start, Argo CD sees the live stack as Progressing.
+        let starting = wait_for("the demo stack's first status", || async {
+            let s = api.get("demo").await.ok()?;
+            let st = s.status.as_ref()?;
+            (st.observed_generation == s.metadata.generation
+                && st.phase != Some(berth::api::appstack::Phase::Ready))
+            .then(|| serde_json::to_value(&s).unwrap())
+        })
+        .await;
+        assert_eq!(argocd::health(&starting).0, "Progressing", "{starting}");
         let status = cluster::wait_for_within(Duration::from_secs(240), "the demo stack Ready", || async {
             let s = api.get("demo").await.ok()?;
             let st = s.status?;
@@ -787,6 +804,9 @@ async fn e2e_demo_stack_runs_ready_then_idles_without_writes() {
         .await;
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True", "{ready:?}");
+        // Argo CD's view of the live object (the Lua health check users paste): Healthy.
+        let live = serde_json::to_value(api.get("demo").await.unwrap()).unwrap();
+        assert_eq!(argocd::health(&live).0, "Healthy", "{live}");
         // The pods really run: the api Deployment and the database StatefulSet are available.
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let d = deployments.get("demo-api").await.unwrap();
@@ -801,6 +821,10 @@ async fn e2e_demo_stack_runs_ready_then_idles_without_writes() {
             .then_some(())
         })
         .await;
+        // Argo CD's view of the live Worker: Ready at 0 of 0 replicas is Healthy (its queue is
+        // not readable from the test host, which QueueReachable=False says, not the health).
+        let w = serde_json::to_value(workers.get("demo-worker").await.unwrap()).unwrap();
+        assert_eq!(argocd::health(&w).0, "Healthy", "{w}");
         let cron: Api<k8s_openapi::api::batch::v1::CronJob> = Api::namespaced(client.clone(), &ns);
         let cj = wait_for("the backup CronJob", || async { cron.get_opt("demo-backup").await.ok().flatten().or(cron.list(&Default::default()).await.ok()?.items.into_iter().next()) }).await;
         assert_eq!(cj.spec.unwrap().schedule, "17 3 * * *");
