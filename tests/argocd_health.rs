@@ -4,8 +4,6 @@
 //! each kind (tests/argocd/health-cases.json) and statuses made by berth's own Backup status code.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 
