@@ -877,6 +877,17 @@ fn redis_cli(port: u16, args: &[&str]) {
     assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
 }
 
+/// A redis-server on the host and the Secret `queue` (key `url`) that names it.
+async fn queue_redis(client: &Client, ns: &str) -> redis_support::RedisServer {
+    let redis = redis_support::RedisServer::start_plain();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "queue"}, "stringData": {"url": redis.url()}
+    }))
+    .unwrap();
+    apply_obj(client, ns, &secret).await;
+    redis
+}
+
 async fn deployment_replicas(client: &Client, ns: &str, name: &str) -> Option<i32> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     api.get(name).await.ok()?.spec?.replicas
@@ -887,12 +898,7 @@ async fn deployment_replicas(client: &Client, ns: &str, name: &str) -> Option<i3
 #[tokio::test]
 async fn e2e_worker_scales_a_deployment_with_a_real_queue() {
     in_namespace("worker", |client, ns| async move {
-        let redis = redis_support::RedisServer::start_plain();
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "queue"}, "stringData": {"url": redis.url()}
-        }))
-        .unwrap();
-        apply_obj(&client, &ns, &secret).await;
+        let redis = queue_redis(&client, &ns).await;
         let worker: berth::api::Worker = serde_json::from_value(json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Worker",
             "metadata": {"name": "render"},
@@ -954,12 +960,7 @@ async fn e2e_worker_scales_a_deployment_with_a_real_queue() {
 #[tokio::test]
 async fn e2e_kubectl_scale_worker_is_kept() {
     in_namespace("scale", |client, ns| async move {
-        let redis = redis_support::RedisServer::start_plain();
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "queue"}, "stringData": {"url": redis.url()}
-        }))
-        .unwrap();
-        apply_obj(&client, &ns, &secret).await;
+        let _redis = queue_redis(&client, &ns).await;
         let worker: berth::api::Worker = serde_json::from_value(json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Worker",
             "metadata": {"name": "mailer"},

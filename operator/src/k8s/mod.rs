@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod children;
 pub mod meta;
 pub mod network;
+pub mod report;
 pub mod workload;
 
 pub use bundle::{build, BuildOptions, Bundle};

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
@@ -72,21 +72,15 @@ pub async fn reconcile(
         Ok(w) => w,
         Err(invalid) => {
             let err = ReconcileError::Invalid(invalid.error.clone());
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "InvalidObject".into(),
-                note: Some(err.to_string().chars().take(1000).collect()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx
-                .shared
-                .recorder
-                .publish(&ev, &guarded.object_ref(&()))
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish event");
-            }
+            crate::k8s::report::publish(
+                &ctx.shared.recorder,
+                &guarded.object_ref(&()),
+                EventType::Warning,
+                "InvalidObject",
+                "Reconcile",
+                err.to_string(),
+            )
+            .await;
             tracing::warn!(worker = %guarded.name_any(), error = %err, "cannot reconcile");
             return Ok(Action::await_change());
         }

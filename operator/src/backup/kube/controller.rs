@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -263,24 +263,18 @@ pub async fn reconcile_guarded(
             result
         }
         Err(invalid) => {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "InvalidObject".into(),
-                note: Some(
-                    format!(
-                        "the Backup cannot be read ({}): fix it so it matches the Backup CRD",
-                        invalid.error
-                    )
-                    .chars()
-                    .take(1000)
-                    .collect(),
+            crate::k8s::report::publish(
+                &ctx.recorder,
+                &guarded.object_ref(&()),
+                EventType::Warning,
+                "InvalidObject",
+                "Backup",
+                format!(
+                    "the Backup cannot be read ({}): fix it so it matches the Backup CRD",
+                    invalid.error
                 ),
-                action: "Backup".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&ev, &guarded.object_ref(&())).await {
-                warn!(error = %e, "could not publish an event");
-            }
+            )
+            .await;
             warn!(backup = %key, error = %invalid.error, "cannot reconcile");
             ctx.metrics.count("invalid");
             Ok(Action::await_change())
@@ -445,16 +439,15 @@ fn ready_message(st: Option<&BackupStatus>) -> Option<&str> {
 }
 
 async fn publish(ctx: &Context, backup: &Backup, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
+    crate::k8s::report::publish(
+        &ctx.recorder,
+        &backup.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &backup.object_ref(&())).await {
-        warn!(error = %e, "could not publish an event");
-    }
+        reason,
+        "Backup",
+        note,
+    )
+    .await;
 }
 
 /// Writes the status by server-side apply, only when it differs from what is there.
@@ -464,19 +457,6 @@ async fn write_status(
     previous: Option<&BackupStatus>,
     status: BackupStatus,
 ) -> Result<(), BackupError> {
-    if previous == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "Backup",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::k8s::report::apply_status(api, name, previous, status).await?;
     Ok(())
 }

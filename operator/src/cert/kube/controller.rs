@@ -15,7 +15,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -426,16 +426,15 @@ fn blocked(
 }
 
 async fn publish(ctx: &Context, cert: &Certificate, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
+    crate::k8s::report::publish(
+        &ctx.recorder,
+        &cert.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Issue".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &cert.object_ref(&())).await {
-        warn!(error = %e, "could not publish an event");
-    }
+        reason,
+        "Issue",
+        note,
+    )
+    .await;
 }
 
 /// Writes the status by server-side apply, only when it differs from what is there.
@@ -445,19 +444,6 @@ async fn write_status(
     previous: Option<&CertificateStatus>,
     status: CertificateStatus,
 ) -> Result<(), Error> {
-    if previous == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "Certificate",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::k8s::report::apply_status(api, name, previous, status).await?;
     Ok(())
 }
