@@ -3,6 +3,8 @@
 //! a CA Secret with a wrong key gives a clear condition; renew-now issues a new serial; an ACME
 //! Certificate gets its renewal CronJob on renewalSchedule.
 
+#[path = "support/argocd.rs"]
+mod argocd;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/tls.rs"]
@@ -107,6 +109,9 @@ async fn self_signed_and_ca_certificates_become_verified_tls_secrets() {
             tls::verify_tls(&crt, &key, &ca_crt, n).await.unwrap_or_else(|e| panic!("{n}: {e}"));
         }
         let c = ready(&client, &ns, "web", "True").await;
+        // Argo CD's view of the live Certificate (the Lua health check users paste).
+        let live = serde_json::to_value(&c).unwrap();
+        assert_eq!(argocd::health(&live).0, "Healthy", "{live}");
         let st = c.status.unwrap();
         assert_eq!(st.serial_number.as_deref(), Some(serial.as_str()));
         assert!(st.not_after.is_some() && st.renewal_time.is_some());
@@ -120,6 +125,9 @@ async fn self_signed_and_ca_certificates_become_verified_tls_secrets() {
         ready(&client, &ns, "api", "True").await;
 
         let broken = ready(&client, &ns, "broken", "False").await;
+        let (health, message) = argocd::health(&serde_json::to_value(&broken).unwrap());
+        assert_eq!(health, "Degraded", "{message}");
+        assert!(message.contains("wrong key for this CA"), "{message}");
         let st = broken.status.unwrap();
         let r = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(r.reason, "InvalidCA");
