@@ -460,3 +460,33 @@ async fn a_stack_worker_reads_the_stacks_redis() {
     })
     .await;
 }
+
+/// A Worker that does not deserialize (here `queue` is a word) is not an error that stalls the
+/// controller: it gets a Warning Event `InvalidObject`, nothing is applied, and it waits for a
+/// change; the next good Worker is reconciled by the same context as usual.
+#[tokio::test]
+async fn a_worker_that_does_not_deserialize_gets_an_event_and_nothing_else() {
+    let redis = RedisServer::start_plain();
+    let good = worker_json(json!({"replicas": 2}));
+    let api = FakeApi::start(good.clone(), secret_json(&redis.url()));
+    let ctx = context(api.client.clone(), Arc::new(Metrics::default()));
+    let mut bad = good.clone();
+    bad["spec"]["queue"] = json!("jobs");
+    let guarded: kube::core::DeserializeGuard<Worker> = serde_json::from_value(bad).unwrap();
+    assert!(guarded.0.is_err(), "the guard holds the error instead of failing the watch");
+    let action = reconcile(Arc::new(guarded), ctx.clone()).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let event = api
+        .wait_for("an InvalidObject event", |r| r.path.contains("/events"))
+        .await;
+    assert_eq!(event.body["reason"], "InvalidObject");
+    assert_eq!(event.body["type"], "Warning");
+    assert!(api
+        .matching("PATCH", "/apis/apps/v1/namespaces/prod/deployments/render")
+        .is_empty());
+    reconcile(Arc::new(serde_json::from_value(good).unwrap()), ctx.clone())
+        .await
+        .unwrap();
+    let applies = api.matching("PATCH", "/apis/apps/v1/namespaces/prod/deployments/render");
+    assert_eq!(applies[0].body["spec"]["replicas"], 2);
+}
