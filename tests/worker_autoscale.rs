@@ -473,7 +473,10 @@ async fn a_worker_that_does_not_deserialize_gets_an_event_and_nothing_else() {
     let mut bad = good.clone();
     bad["spec"]["queue"] = json!("jobs");
     let guarded: kube::core::DeserializeGuard<Worker> = serde_json::from_value(bad).unwrap();
-    assert!(guarded.0.is_err(), "the guard holds the error instead of failing the watch");
+    assert!(
+        guarded.0.is_err(),
+        "the guard holds the error instead of failing the watch"
+    );
     let action = reconcile(Arc::new(guarded), ctx.clone()).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     let event = api
