@@ -8,6 +8,8 @@
 //! 18 image) restores it and the data compare equal. Deleting the AppStack that owns the Backup
 //! lets the garbage collector take the Backup and its CronJob, but the backup volume stays.
 
+#[path = "support/argocd.rs"]
+mod argocd;
 #[path = "support/berth_image.rs"]
 mod berth_image;
 #[path = "support/cluster.rs"]
@@ -254,6 +256,10 @@ async fn backup_now_with_matching_pg_dump_restores_and_outlives_its_stack() {
         .await;
         let name = st.backups[0].name.clone();
         println!("backup {name}: {} bytes", st.backups[0].size_bytes);
+        // Argo CD's view of the live Backup (the Lua health check users paste).
+        let live = serde_json::to_value(backups.get("shop").await.unwrap()).unwrap();
+        let (health, message) = argocd::health(&live);
+        assert_eq!(health, "Healthy", "{message}: {live}");
 
         // `berth backup list` (berth's own image on the volume) shows it.
         let listed = run_pod(&client, &ns, "list", &berth_image::image(), &["backup", "list", "--from", "/backups", "-o", "json"], "shop-backups").await;
