@@ -2,7 +2,8 @@
 //! Kubernetes (kube-rs controllers) and on a single Docker host (bollard).
 //!
 //! Data flows one way: `api` (the CRD types and their validation) → `plan` (pure decisions) →
-//! a backend (`k8s`, `docker`) → status. Engines shared by both backends live beside them.
+//! a backend (`k8s`, `docker`) → `status` (the shared rules that turn what each backend observed
+//! into phase and conditions). Engines shared by both backends live beside them.
 
 pub mod api;
 pub mod autoscale;
@@ -14,5 +15,6 @@ pub mod docker;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;
+pub mod status;
 pub mod tls;
 pub mod workers;

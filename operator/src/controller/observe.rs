@@ -14,8 +14,10 @@ use crate::api::appstack::ComponentStatus;
 use crate::api::{Certificate, Worker};
 use crate::plan::{Component, StackPlan};
 
-use super::status::Observation;
 use super::Stores;
+use crate::plan::names;
+use crate::plan::worker::initial_replicas;
+use crate::status::{Facts, DEGRADED, READY};
 
 /// A cached object as JSON, for comparing with what berth would apply.
 pub trait AsJson {
@@ -59,13 +61,13 @@ fn get<K: Resource<DynamicType = ()> + Clone>(
 }
 
 fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
-    conditions.iter().find(|c| c.type_ == "Ready")
+    crate::status::condition(conditions, READY)
 }
 
-fn status_of(c: &Component, kind: &str, ready: i32, message: String) -> ComponentStatus {
+fn status_of(c: &Component, ready: i32, message: String) -> ComponentStatus {
     ComponentStatus {
         name: c.name.clone(),
-        kind: kind.into(),
+        kind: c.kind.as_str().into(),
         desired_replicas: c.replicas,
         ready_replicas: ready,
         image: c.image.clone(),
@@ -75,46 +77,15 @@ fn status_of(c: &Component, kind: &str, ready: i32, message: String) -> Componen
 
 /// Every component of a plan as observed in the caches, in the plan's order, then workers,
 /// then the proxy.
-pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Observation> {
+pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Facts> {
     let mut out = Vec::new();
     for c in &plan.components {
-        let kind = c.kind.as_str();
         let o = if c.storage.is_some() {
-            match get(&s.stateful_sets, ns, &c.host) {
-                None => missing(c, kind, "StatefulSet"),
-                Some(sts) => {
-                    let st = sts.status.clone().unwrap_or_default();
-                    let rolling = st.observed_generation < sts.metadata.generation
-                        || st.updated_replicas.unwrap_or(0) < c.replicas
-                        || (st.update_revision.is_some()
-                            && st.current_revision != st.update_revision);
-                    let ready = st.ready_replicas.unwrap_or(0);
-                    Observation {
-                        status: status_of(c, kind, ready, rollout_message(rolling)),
-                        rolling,
-                    }
-                }
-            }
+            let sts = get(&s.stateful_sets, ns, &c.host);
+            stateful_set_facts(c, sts.as_deref())
         } else {
-            match get(&s.deployments, ns, &c.host) {
-                None => missing(c, kind, "Deployment"),
-                Some(d) => {
-                    let st = d.status.clone().unwrap_or_default();
-                    let rolling = st.observed_generation < d.metadata.generation
-                        || st.updated_replicas.unwrap_or(0) < c.replicas;
-                    let stuck = st
-                        .conditions
-                        .iter()
-                        .flatten()
-                        .find(|c| c.type_ == "Progressing" && c.status == "False")
-                        .and_then(|c| c.message.clone());
-                    let message = stuck.unwrap_or_else(|| rollout_message(rolling));
-                    Observation {
-                        status: status_of(c, kind, st.ready_replicas.unwrap_or(0), message),
-                        rolling,
-                    }
-                }
-            }
+            let d = get(&s.deployments, ns, &c.host);
+            deployment_facts(c, d.as_deref())
         };
         out.push(o);
     }
@@ -126,7 +97,14 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Observation> {
         let present = e
             .routes
             .iter()
-            .filter(|r| get(&s.ingresses, ns, &format!("{}-{}", plan.stack, r.slug)).is_some())
+            .filter(|r| {
+                get(
+                    &s.ingresses,
+                    ns,
+                    &names::route_ingress(&plan.stack, &r.slug),
+                )
+                .is_some()
+            })
             .count();
         let mut message = String::new();
         if present < expected {
@@ -134,7 +112,7 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Observation> {
         } else if let Some(tls) = &e.tls {
             message = certificate_message(ns, &tls.certificate, &s.certificates);
         }
-        out.push(Observation {
+        out.push(Facts {
             status: ComponentStatus {
                 name: "proxy".into(),
                 kind: "proxy".into(),
@@ -144,9 +122,56 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Observation> {
                 message,
             },
             rolling: false,
+            failing: None,
         });
     }
     out
+}
+
+/// A component run by a StatefulSet (`None`: not created yet).
+pub fn stateful_set_facts(c: &Component, sts: Option<&StatefulSet>) -> Facts {
+    let Some(sts) = sts else {
+        return missing(c, "StatefulSet");
+    };
+    let st = sts.status.clone().unwrap_or_default();
+    let rolling = st.observed_generation < sts.metadata.generation
+        || st.updated_replicas.unwrap_or(0) < c.replicas
+        || (st.update_revision.is_some() && st.current_revision != st.update_revision);
+    let ready = st.ready_replicas.unwrap_or(0);
+    Facts {
+        status: status_of(c, ready, rollout_message(rolling)),
+        rolling,
+        failing: None,
+    }
+}
+
+/// A component run by a Deployment (`None`: not created yet). A rollout past its progress
+/// deadline is failing, not progressing (as on a Docker host, where a new version that does not
+/// become healthy holds the rollout).
+pub fn deployment_facts(c: &Component, d: Option<&Deployment>) -> Facts {
+    let Some(d) = d else {
+        return missing(c, "Deployment");
+    };
+    let st = d.status.clone().unwrap_or_default();
+    let stuck = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing" && c.status == "False")
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+        });
+    let rolling = stuck.is_none()
+        && (st.observed_generation < d.metadata.generation
+            || st.updated_replicas.unwrap_or(0) < c.replicas);
+    let message = stuck.clone().unwrap_or_else(|| rollout_message(rolling));
+    Facts {
+        status: status_of(c, st.ready_replicas.unwrap_or(0), message),
+        rolling,
+        failing: stuck,
+    }
 }
 
 fn rollout_message(rolling: bool) -> String {
@@ -157,10 +182,11 @@ fn rollout_message(rolling: bool) -> String {
     }
 }
 
-fn missing(c: &Component, kind: &str, object: &str) -> Observation {
-    Observation {
-        status: status_of(c, kind, 0, format!("{object} {} not created yet", c.host)),
+fn missing(c: &Component, object: &str) -> Facts {
+    Facts {
+        status: status_of(c, 0, format!("{object} {} not created yet", c.host)),
         rolling: true,
+        failing: None,
     }
 }
 
@@ -193,52 +219,55 @@ fn worker(
     name: &str,
     spec: &crate::api::WorkerSpec,
     workers: &Store<DeserializeGuard<Worker>>,
-) -> Observation {
-    let spec_desired = spec
-        .replicas
-        .or(spec.scaling.as_ref().map(|s| s.min_replicas))
-        .unwrap_or(1);
+) -> Facts {
+    let spec_desired = initial_replicas(spec);
     let image = spec.image.clone();
-    let status = |desired: i32, ready: i32, message: String| ComponentStatus {
-        name: name.into(),
-        kind: "worker".into(),
-        desired_replicas: desired,
-        ready_replicas: ready,
-        image: image.clone(),
-        message,
+    let facts = |desired: i32, ready: i32, message: String, rolling: bool| Facts {
+        status: ComponentStatus {
+            name: name.into(),
+            kind: "worker".into(),
+            desired_replicas: desired,
+            ready_replicas: ready,
+            image: image.clone(),
+            message,
+        },
+        rolling,
+        failing: None,
     };
     let Some(w) = get(workers, ns, name) else {
-        return Observation {
-            status: status(spec_desired, 0, format!("Worker {name} not created yet")),
-            rolling: true,
-        };
+        return facts(
+            spec_desired,
+            0,
+            format!("Worker {name} not created yet"),
+            true,
+        );
     };
     let Ok(w) = &w.0 else {
-        return Observation {
-            status: status(spec_desired, 0, "does not match the CRD schema".into()),
-            rolling: false,
-        };
+        return facts(
+            spec_desired,
+            0,
+            "does not match the CRD schema".into(),
+            false,
+        );
     };
     let Some(st) = &w.status else {
-        return Observation {
-            status: status(spec_desired, 0, "waiting for the Worker controller".into()),
-            rolling: true,
-        };
+        return facts(
+            spec_desired,
+            0,
+            "waiting for the Worker controller".into(),
+            true,
+        );
     };
     let desired = st.desired_replicas.unwrap_or(st.replicas);
     let rolling = st.observed_generation < w.metadata.generation;
-    match ready_condition(&st.conditions) {
-        Some(c) if c.status == "True" => Observation {
-            status: status(desired, desired, String::new()),
-            rolling,
-        },
-        Some(c) => Observation {
-            status: status(desired, 0, c.message.clone()),
-            rolling,
-        },
-        None => Observation {
-            status: status(desired, 0, "no Ready condition yet".into()),
-            rolling: true,
-        },
-    }
+    let mut f = match ready_condition(&st.conditions) {
+        Some(c) if c.status == "True" => facts(desired, desired, String::new(), rolling),
+        Some(c) => facts(desired, 0, c.message.clone(), rolling),
+        None => facts(desired, 0, "no Ready condition yet".into(), true),
+    };
+    // A Worker that is Degraded makes its stack Degraded, on both backends.
+    f.failing = crate::status::condition(&st.conditions, DEGRADED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.message.clone());
+    f
 }

@@ -24,7 +24,8 @@ use std::time::Duration;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use redis::{IntoConnectionInfo, Pipeline, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -36,6 +37,8 @@ use crate::autoscale::{
     Driver, Policy, PollOutcome, QueueProbe, RedisTarget, ScaleChange, ScaleTarget, TargetError,
     WorkerEntry, WorkerId,
 };
+use crate::plan::worker::start_replicas;
+use crate::status::{queue_condition, set_condition};
 
 use super::desired::{DesiredHost, Kind, ObjectKey};
 use super::engine::Engine;
@@ -52,13 +55,10 @@ const RELAY_SCRIPT: &str = "if command -v nc >/dev/null 2>&1; then exec nc 127.0
 elif command -v bash >/dev/null 2>&1; then exec bash -c 'exec 3<>/dev/tcp/127.0.0.1/'\"$1\"' && { cat <&3 & cat >&3; wait; }'; \
 else echo 'no relay: the Redis image has neither nc nor bash' >&2; exit 127; fi";
 
-/// The replica count a Worker with `scaling` starts from, before the driver's first decision:
-/// what runs (clamped to the policy), else the spec's count.
-pub fn initial_replicas(spec: &WorkerSpec, planned: i32, current: i32) -> i32 {
-    match &spec.scaling {
-        Some(s) if current > 0 => current.clamp(s.min_replicas, s.max_replicas.max(s.min_replicas)),
-        _ => planned,
-    }
+/// The replica count a Worker starts from, before the driver's first decision: the shared
+/// rule, [`start_replicas`], with the containers that run (none: nothing known to run).
+pub fn initial_replicas(spec: &WorkerSpec, current: i32) -> i32 {
+    start_replicas(spec, (current > 0).then_some(current))
 }
 
 /// What berth knows of one scaled Worker.
@@ -82,7 +82,7 @@ impl Scaled {
         self.polled = true;
         let ok = now.is_none();
         if self.reachable_since.as_ref().map(|r| r.0) != Some(ok) {
-            self.reachable_since = Some((ok, Time(k8s_openapi::jiff::Timestamp::now())));
+            self.reachable_since = Some((ok, Time(Timestamp::now())));
         }
         self.unreachable = now;
     }
@@ -306,40 +306,19 @@ fn apply_status(st: &mut WorkerStatus, s: &Scaled) {
     } else {
         None
     };
-    let (ok, reason, message) = match &s.unreachable {
-        None => (
-            true,
-            "QueueRead".to_string(),
-            "the queue is read every pollInterval".to_string(),
-        ),
-        Some((r, m)) => (
-            false,
-            r.clone(),
-            format!("{m}; replicas are held until it can be read"),
-        ),
+    let wanted = match &s.unreachable {
+        None => queue_condition(Ok(())),
+        Some((r, m)) => queue_condition(Err((r, m))),
     };
-    let status = if ok { "True" } else { "False" };
+    // A condition the pass did not carry over flipped when the autoscaler saw it flip.
+    let now = s
+        .reachable_since
+        .as_ref()
+        .filter(|r| r.0 == wanted.ok)
+        .map(|r| r.1 .0)
+        .unwrap_or_else(Timestamp::now);
     let generation = st.observed_generation;
-    let previous = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "QueueReachable" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .or_else(|| {
-            s.reachable_since
-                .as_ref()
-                .filter(|r| r.0 == ok)
-                .map(|r| r.1.clone())
-        });
-    st.conditions.retain(|c| c.type_ != "QueueReachable");
-    st.conditions.push(Condition {
-        type_: "QueueReachable".into(),
-        status: status.into(),
-        reason,
-        message,
-        last_transition_time: previous.unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
-        observed_generation: generation,
-    });
+    set_condition(&mut st.conditions, wanted, generation, now);
 }
 
 impl ScaleTarget for HostTarget {
@@ -356,7 +335,7 @@ impl ScaleTarget for HostTarget {
             let s = w.entry(id.clone()).or_default();
             s.replicas = Some(change.to);
             s.decided = true;
-            s.last_scale_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            s.last_scale_time = Some(Time(Timestamp::now()));
         }
         self.wake
             .send(())
@@ -530,7 +509,7 @@ impl ReplicaSource for HostScaler {
         match s.replicas {
             Some(n) if s.decided => n,
             _ => {
-                let n = initial_replicas(spec, planned, current);
+                let n = initial_replicas(spec, current);
                 s.replicas = Some(n);
                 n
             }
@@ -565,12 +544,13 @@ mod tests {
 
     #[test]
     fn initial_count_keeps_what_runs_within_the_policy() {
-        assert_eq!(initial_replicas(&spec(0, 3), 0, 0), 0);
-        assert_eq!(initial_replicas(&spec(1, 3), 1, 2), 2);
-        assert_eq!(initial_replicas(&spec(1, 3), 1, 7), 3);
+        assert_eq!(initial_replicas(&spec(0, 3), 0), 0);
+        assert_eq!(initial_replicas(&spec(1, 3), 2), 2);
+        assert_eq!(initial_replicas(&spec(1, 3), 7), 3);
         let mut fixed = spec(1, 3);
         fixed.scaling = None;
-        assert_eq!(initial_replicas(&fixed, 2, 5), 2);
+        fixed.replicas = Some(2);
+        assert_eq!(initial_replicas(&fixed, 5), 2);
     }
 
     #[test]

@@ -21,7 +21,6 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::api::appstack::ComponentStatus;
 use crate::api::{AppStackStatus, WorkerSpec, WorkerStatus};
 use crate::manifest::{self, Document, LoadError};
 use crate::plan::{ComponentKind, HealthCheckKind};
@@ -35,6 +34,7 @@ use super::probe::{self, Prober, Target};
 use super::proxy::{self, ProxySpec, Site};
 use super::state::{StateDir, StateError};
 use super::status::{self, Summary};
+use crate::status::Problem;
 
 /// How long a replica taken out of the proxy keeps its connections before SIGTERM: the old
 /// nginx workers finish their requests against it meanwhile.
@@ -683,63 +683,26 @@ impl Host {
             let mut s = Summary {
                 url: o.url.clone(),
                 generation: o.generation,
+                scaling: o.worker.as_ref().is_some_and(|w| w.scaling.is_some()),
                 ..Default::default()
             };
-            let mut progressing = Vec::new();
-            let mut degraded = Vec::new();
             for g in &o.groups {
                 let d = decisions.get(g.name()).cloned().unwrap_or_default();
-                let mut message = d.waiting.clone().or(d.degraded.clone()).unwrap_or_default();
-                if let Some(e) = errors.get(g.name()) {
-                    message = e.clone();
-                    degraded.push(format!("{}: {e}", g.component.name));
-                }
-                if let Some(m) = &d.degraded {
-                    degraded.push(format!("{}: {m}", g.component.name));
-                }
-                if d.progressing {
-                    progressing.push(format!(
-                        "{}: {}",
-                        g.component.name,
-                        d.waiting.clone().unwrap_or_else(|| "rolling out".into())
-                    ));
-                }
                 report.progressing |= d.progressing;
-                s.components.push(ComponentStatus {
-                    name: g.component.name.clone(),
-                    kind: g.component.kind.as_str().into(),
-                    desired_replicas: g.replicas,
-                    ready_replicas: d.ready as i32,
-                    image: g.component.image.clone(),
-                    message,
-                });
+                let error = errors.get(g.name()).map(String::as_str);
+                s.components.push(status::group_facts(g, &d, error));
             }
             if o.exposure.is_some() {
                 let ready = proxy.as_ref().is_some_and(|p| p.0 == Health::Ready);
-                if !ready {
-                    progressing.push("proxy: starting".into());
-                    report.progressing = true;
-                }
-                s.components.push(ComponentStatus {
-                    name: "proxy".into(),
-                    kind: "proxy".into(),
-                    desired_replicas: 1,
-                    ready_replicas: i32::from(ready),
-                    image: proxy
-                        .as_ref()
-                        .map(|p| p.1.clone())
-                        .unwrap_or_else(|| self.opts.proxy_image.clone()),
-                    message: if ready {
-                        String::new()
-                    } else {
-                        "starting".into()
-                    },
-                });
+                report.progressing |= !ready;
+                let image = proxy
+                    .as_ref()
+                    .map(|p| p.1.clone())
+                    .unwrap_or_else(|| self.opts.proxy_image.clone());
+                s.components.push(status::proxy_facts(ready, image));
             }
-            s.degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
-            s.progressing = (!progressing.is_empty()).then(|| progressing.join("; "));
             if let Some(m) = desired.held.get(&o.key) {
-                s.failed = Some(("InvalidManifest".into(), m.clone()));
+                s.problem = Some(Problem::new("InvalidManifest", m.clone()));
             }
             self.store_status(&o.key, &s)?;
             keep.insert((o.key.kind.as_str().into(), o.key.name.clone()));
@@ -747,7 +710,7 @@ impl Host {
         }
         for e in &desired.errors {
             let s = Summary {
-                failed: Some((e.reason.clone(), e.message.clone())),
+                problem: Some(Problem::new(e.reason.clone(), e.message.clone())),
                 generation: e.generation,
                 ..Default::default()
             };

@@ -1,16 +1,19 @@
-//! Status of each object on the host, in the same shape as `.status` on Kubernetes, written to
-//! `<state>/status/<kind>-<name>.json` only when it changed, and read back by
-//! `berth host status`.
+//! Status of each object on the host, in the same shape as `.status` on Kubernetes and from the
+//! same rules ([`crate::status`]), written to `<state>/status/<kind>-<name>.json` only when it
+//! changed, and read back by `berth host status`.
 
 use std::path::Path;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::appstack::{AppStackStatus, ComponentStatus, Phase};
+use crate::api::appstack::{AppStackStatus, ComponentStatus};
 use crate::api::WorkerStatus;
+use crate::plan::names;
+use crate::status::{Facts, Problem, QUEUE_REACHABLE};
 
-use super::desired::ObjectKey;
+use super::converge::Decision;
+use super::desired::{DesiredGroup, ObjectKey};
 use super::state::{StateDir, StateError};
 
 /// What a status file holds.
@@ -22,143 +25,107 @@ pub struct ObjectStatus {
     pub status: serde_json::Value,
 }
 
-/// The summary of one object, before it becomes conditions.
+/// What a pass observed of one object, before it becomes a status.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
-    pub components: Vec<ComponentStatus>,
-    /// `(reason, message)` when the spec cannot be carried out.
-    pub failed: Option<(String, String)>,
-    /// A reason something that worked does not.
-    pub degraded: Option<String>,
-    /// Changes under way (or waiting), with a message.
-    pub progressing: Option<String>,
+    pub components: Vec<Facts>,
+    /// Why the spec cannot be carried out.
+    pub problem: Option<Problem>,
     pub url: Option<String>,
     pub generation: Option<i64>,
+    /// A Worker with `scaling`: its `QueueReachable` condition (set by the autoscaler) stays.
+    pub scaling: bool,
 }
 
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    previous: &[Condition],
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: last,
-        observed_generation: generation,
-    }
-}
-
-/// Phase and conditions from a summary; transition times carried over from `previous`.
-pub fn conditions(s: &Summary, previous: &[Condition]) -> (Phase, Vec<Condition>) {
-    let g = s.generation;
-    if let Some((reason, message)) = &s.failed {
-        return (
-            Phase::Failed,
-            vec![
-                condition("Ready", false, reason, message, g, previous),
-                condition("Progressing", false, reason, "", g, previous),
-                condition("Degraded", false, "AsExpected", "", g, previous),
-            ],
-        );
-    }
-    let degraded = condition(
-        "Degraded",
-        s.degraded.is_some(),
-        if s.degraded.is_some() {
-            "ReplicaFailing"
-        } else {
-            "AsExpected"
-        },
-        s.degraded.as_deref().unwrap_or(""),
-        g,
-        previous,
-    );
-    let progressing = condition(
-        "Progressing",
-        s.progressing.is_some(),
-        if s.progressing.is_some() {
-            "RollingOut"
-        } else {
-            "Converged"
-        },
-        s.progressing.as_deref().unwrap_or(""),
-        g,
-        previous,
-    );
-    let all_ready = s
-        .components
-        .iter()
-        .all(|c| c.ready_replicas >= c.desired_replicas);
-    let ready_ok = all_ready && s.degraded.is_none() && s.progressing.is_none();
-    let not_ready: Vec<String> = s
-        .components
-        .iter()
-        .filter(|c| c.ready_replicas < c.desired_replicas)
-        .map(|c| {
-            format!(
-                "{} {}/{} ready",
-                c.name, c.ready_replicas, c.desired_replicas
-            )
-        })
-        .collect();
-    let ready = condition(
-        "Ready",
-        ready_ok,
-        if ready_ok {
-            "AllReplicasReady"
-        } else {
-            "NotReady"
-        },
-        &not_ready.join(", "),
-        g,
-        previous,
-    );
-    let phase = if s.degraded.is_some() {
-        Phase::Degraded
-    } else if ready_ok {
-        Phase::Ready
-    } else {
-        Phase::Progressing
+/// A replica group as the shared status rules see it, from the pass's decision (`error`: what
+/// failed when it was carried out).
+pub fn group_facts(g: &DesiredGroup, d: &Decision, error: Option<&str>) -> Facts {
+    let failing = match (error, &d.degraded) {
+        (Some(e), Some(m)) => Some(format!("{e}; {m}")),
+        (Some(e), None) => Some(e.to_string()),
+        (None, m) => m.clone(),
     };
-    (phase, vec![ready, progressing, degraded])
+    let message = error
+        .map(str::to_string)
+        .or(d.waiting.clone())
+        .or(d.degraded.clone())
+        .unwrap_or_default();
+    Facts {
+        status: ComponentStatus {
+            name: g.component.name.clone(),
+            kind: g.component.kind.as_str().into(),
+            desired_replicas: g.replicas,
+            ready_replicas: d.ready as i32,
+            image: g.component.image.clone(),
+            message,
+        },
+        rolling: d.progressing,
+        failing,
+    }
+}
+
+/// The proxy of a stack: ready, or starting.
+pub fn proxy_facts(ready: bool, image: String) -> Facts {
+    Facts {
+        status: ComponentStatus {
+            name: "proxy".into(),
+            kind: "proxy".into(),
+            desired_replicas: 1,
+            ready_replicas: i32::from(ready),
+            image,
+            message: if ready {
+                String::new()
+            } else {
+                "starting".into()
+            },
+        },
+        rolling: !ready,
+        failing: None,
+    }
 }
 
 /// The AppStack status.
 pub fn appstack_status(s: &Summary, previous: Option<&AppStackStatus>) -> AppStackStatus {
-    let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
-    let (phase, conditions) = conditions(s, prev);
-    AppStackStatus {
-        phase: Some(phase),
-        url: s.url.clone(),
-        components: s.components.clone(),
-        conditions,
-        observed_generation: s.generation,
-    }
+    crate::status::appstack(
+        s.generation,
+        previous,
+        s.url.clone(),
+        s.components.clone(),
+        s.problem.as_ref(),
+        Timestamp::now(),
+    )
 }
 
-/// The Worker status.
+/// The Worker status; the autoscaler's fields (`queueDepth`, `lastScaleTime`,
+/// `QueueReachable`) are carried over from `previous` (the autoscaler updates them).
 pub fn worker_status(s: &Summary, name: &str, previous: Option<&WorkerStatus>) -> WorkerStatus {
     let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
-    let (_, conditions) = conditions(s, prev);
-    let c = s.components.first();
+    let facts = s.components.first().cloned().unwrap_or_else(|| Facts {
+        status: ComponentStatus {
+            name: name.into(),
+            kind: "worker".into(),
+            ..Default::default()
+        },
+        rolling: false,
+        failing: None,
+    });
+    let mut conditions = crate::status::worker_conditions(
+        s.generation,
+        prev,
+        &facts,
+        s.problem.as_ref(),
+        None,
+        Timestamp::now(),
+    );
+    if s.scaling {
+        conditions.extend(crate::status::condition(prev, QUEUE_REACHABLE).cloned());
+    }
     WorkerStatus {
-        replicas: c.map(|c| c.ready_replicas).unwrap_or(0),
-        desired_replicas: c.map(|c| c.desired_replicas),
+        replicas: facts.status.ready_replicas,
+        desired_replicas: Some(facts.status.desired_replicas),
         queue_depth: previous.and_then(|p| p.queue_depth),
         last_scale_time: previous.and_then(|p| p.last_scale_time.clone()),
-        selector: Some(format!("berth.dev/worker={name}")),
+        selector: Some(names::worker_selector(name)),
         conditions,
         observed_generation: s.generation,
     }
@@ -214,63 +181,4 @@ pub fn read_all(state: &StateDir) -> Vec<ObjectStatus> {
         .collect();
     out.sort_by(|a: &ObjectStatus, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn comp(ready: i32, desired: i32) -> ComponentStatus {
-        ComponentStatus {
-            name: "api".into(),
-            kind: "api".into(),
-            desired_replicas: desired,
-            ready_replicas: ready,
-            image: "a:1".into(),
-            message: String::new(),
-        }
-    }
-
-    #[test]
-    fn phases() {
-        let ready = Summary {
-            components: vec![comp(2, 2)],
-            ..Default::default()
-        };
-        assert_eq!(conditions(&ready, &[]).0, Phase::Ready);
-        let progressing = Summary {
-            components: vec![comp(1, 2)],
-            progressing: Some("rolling out".into()),
-            ..Default::default()
-        };
-        assert_eq!(conditions(&progressing, &[]).0, Phase::Progressing);
-        let degraded = Summary {
-            components: vec![comp(1, 1)],
-            degraded: Some("new replica unhealthy".into()),
-            ..Default::default()
-        };
-        let (phase, conds) = conditions(&degraded, &[]);
-        assert_eq!(phase, Phase::Degraded);
-        assert!(conds.iter().any(|c| c.type_ == "Degraded"
-            && c.status == "True"
-            && c.message == "new replica unhealthy"));
-        let failed = Summary {
-            failed: Some(("InvalidSpec".into(), "spec.api.image: required".into())),
-            ..Default::default()
-        };
-        let (phase, conds) = conditions(&failed, &[]);
-        assert_eq!(phase, Phase::Failed);
-        assert_eq!(conds[0].reason, "InvalidSpec");
-    }
-
-    #[test]
-    fn transition_time_is_kept_while_the_status_holds() {
-        let s = Summary {
-            components: vec![comp(1, 1)],
-            ..Default::default()
-        };
-        let (_, first) = conditions(&s, &[]);
-        let (_, second) = conditions(&s, &first);
-        assert_eq!(first, second);
-    }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::plan::{Component, Exposure, NetworkRule, Peer, RoutePlan};
+use crate::plan::{names, Component, Exposure, NetworkRule, Peer, RoutePlan};
 
 use super::meta::{Owner, STACK_LABEL};
 
@@ -105,7 +105,7 @@ fn ingress(owner: &Owner, e: &Exposure, r: &RoutePlan, opts: &IngressOptions) ->
         );
     }
     let mut meta = owner.meta(
-        format!("{}-{}", owner.stack, r.slug),
+        names::route_ingress(&owner.stack, &r.slug),
         owner.component_labels("proxy", "proxy"),
     );
     meta.annotations = Some(annotations);
@@ -127,7 +127,7 @@ fn ingress(owner: &Owner, e: &Exposure, r: &RoutePlan, opts: &IngressOptions) ->
                         path_type: "Prefix".into(),
                         backend: IngressBackend {
                             service: Some(IngressServiceBackend {
-                                name: format!("{}-{}", owner.stack, e.target),
+                                name: names::component_host(&owner.stack, &e.target),
                                 port: Some(ServiceBackendPort {
                                     name: Some("http".into()),
                                     number: None,
@@ -151,7 +151,7 @@ pub fn network_policies(
     opts: &IngressOptions,
 ) -> Vec<NetworkPolicy> {
     let mut out = vec![NetworkPolicy {
-        metadata: owner.meta(format!("{}-default-deny", owner.stack), owner.labels()),
+        metadata: owner.meta(names::default_deny_policy(&owner.stack), owner.labels()),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some([(STACK_LABEL.to_string(), owner.stack.clone())].into()),
@@ -166,7 +166,7 @@ pub fn network_policies(
         let from = rule.from.iter().map(|p| peer(owner, p, opts)).collect();
         out.push(NetworkPolicy {
             metadata: owner.meta(
-                format!("{}-{}-ingress", owner.stack, rule.to),
+                names::ingress_policy(&owner.stack, &rule.to),
                 owner.labels(),
             ),
             spec: Some(NetworkPolicySpec {

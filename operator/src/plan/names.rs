@@ -31,6 +31,55 @@ pub fn child_backup(stack: &str) -> String {
     stack.to_string()
 }
 
+/// The Ingress of one route (`slug` from [`route_slug`]).
+pub fn route_ingress(stack: &str, slug: &str) -> String {
+    format!("{stack}-{slug}")
+}
+
+/// The NetworkPolicy that denies every connection into the stack's pods.
+pub fn default_deny_policy(stack: &str) -> String {
+    format!("{stack}-default-deny")
+}
+
+/// The NetworkPolicy that allows connections into one component.
+pub fn ingress_policy(stack: &str, component: &str) -> String {
+    format!("{stack}-{component}-ingress")
+}
+
+/// Label with a Worker's name on its processes; `status.selector` of the Worker.
+pub const WORKER_LABEL: &str = "berth.dev/worker";
+
+/// `berth.dev/worker=<name>`: the Worker's `status.selector` (scale subresource).
+pub fn worker_selector(worker: &str) -> String {
+    format!("{WORKER_LABEL}={worker}")
+}
+
+/// The stack's private network on a Docker host: every component, no route out of the host.
+pub fn private_network(stack: &str) -> String {
+    format!("{stack}-private")
+}
+
+/// The network between the proxy and the components it reaches on a Docker host.
+pub fn edge_network(stack: &str) -> String {
+    format!("{stack}-edge")
+}
+
+/// The network that gives a stack's clients (api, workers, services) a route out of a Docker
+/// host (an external database or Redis, third-party APIs).
+pub fn egress_network(stack: &str) -> String {
+    format!("{stack}-egress")
+}
+
+/// A standalone Worker's own network on a Docker host (a route out to reach its Redis).
+pub fn worker_network(worker: &str) -> String {
+    format!("{worker}-net")
+}
+
+/// The data volume of a component on a Docker host.
+pub fn volume_name(host: &str) -> String {
+    format!("{host}-data")
+}
+
 /// Keys of the generated secrets.
 pub mod keys {
     /// The full connection URL (`postgres://…`, `redis://…`), what `DATABASE_URL`/`REDIS_URL` hold.
@@ -109,5 +158,14 @@ mod tests {
         assert_eq!(child_backup("vidgen"), "vidgen");
         assert_eq!(postgres_secret("v"), "v-postgres-credentials");
         assert_eq!(component_host("v", "qdrant"), "v-qdrant");
+        assert_eq!(route_ingress("v", "api"), "v-api");
+        assert_eq!(default_deny_policy("v"), "v-default-deny");
+        assert_eq!(ingress_policy("v", "redis"), "v-redis-ingress");
+        assert_eq!(worker_selector("v-render"), "berth.dev/worker=v-render");
+        assert_eq!(private_network("v"), "v-private");
+        assert_eq!(egress_network("v"), "v-egress");
+        assert_eq!(edge_network("v"), "v-edge");
+        assert_eq!(worker_network("w"), "w-net");
+        assert_eq!(volume_name("v-postgres"), "v-postgres-data");
     }
 }

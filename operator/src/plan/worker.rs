@@ -33,6 +33,18 @@ pub fn initial_replicas(spec: &WorkerSpec) -> i32 {
         .unwrap_or(1)
 }
 
+/// The one start-up rule of both backends: the replicas a Worker runs until the autoscaler's
+/// first decision (also after berth restarts). Without `scaling`: [`initial_replicas`]. With
+/// `scaling`: what runs now (`running`: the Deployment's count, the host's containers; `None`
+/// when nothing runs or nothing is known), clamped to `[minReplicas, maxReplicas]`, else
+/// [`initial_replicas`].
+pub fn start_replicas(spec: &WorkerSpec, running: Option<i32>) -> i32 {
+    match (&spec.scaling, running) {
+        (Some(s), Some(n)) => n.clamp(s.min_replicas, s.max_replicas.max(s.min_replicas)),
+        _ => initial_replicas(spec),
+    }
+}
+
 /// Plans a Worker's process. `stack` is the AppStack named by `appStackRef`, when it has one
 /// (the caller looks it up; it must be given when the reference is set).
 pub fn plan_worker(worker: &Worker, stack: Option<&AppStack>) -> Result<WorkerPlan, PlanError> {
@@ -196,6 +208,49 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             let w = worker(spec);
             assert_eq!(initial_replicas(&w.spec), want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn start_replicas_is_one_rule() {
+        let scaled = json!({"scaling": {"minReplicas": 1, "maxReplicas": 3}});
+        let cases = [
+            // (spec, what runs, start with)
+            (json!({}), None, 1),
+            (json!({}), Some(5), 1),
+            (json!({"replicas": 2}), Some(5), 2),
+            (scaled.clone(), None, 1),
+            (scaled.clone(), Some(2), 2),
+            (scaled.clone(), Some(7), 3),
+            (scaled.clone(), Some(0), 1),
+            (
+                json!({"scaling": {"minReplicas": 0, "maxReplicas": 3}}),
+                Some(0),
+                0,
+            ),
+            (
+                json!({"scaling": {"minReplicas": 0, "maxReplicas": 3}}),
+                None,
+                0,
+            ),
+            (
+                json!({"replicas": 2, "scaling": {"minReplicas": 1, "maxReplicas": 3}}),
+                None,
+                2,
+            ),
+        ];
+        for (extra, running, want) in cases {
+            let mut spec = json!({"image": "w:1", "queue": {"name": "q", "type": "list",
+                "redis": {"urlSecretRef": {"name": "c", "key": "u"}}}});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let w = worker(spec);
+            assert_eq!(
+                start_replicas(&w.spec, running),
+                want,
+                "{extra} running {running:?}"
+            );
         }
     }
 }

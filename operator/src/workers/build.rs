@@ -1,11 +1,10 @@
-//! Pure builders: a Worker's Deployment and its status (conditions with stable transition
-//! times, written only when something changed).
+//! Pure builders: a Worker's Deployment, and whether its status changed beyond the queue depth
+//! (the status itself comes from the shared rules of [`crate::status`]).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{Worker, WorkerStatus};
@@ -15,12 +14,7 @@ use crate::plan::WorkerPlan;
 
 /// Label with the Worker's name on its Deployment and pods; the Deployment's selector and the
 /// Worker's `status.selector` (scale subresource).
-pub const WORKER_LABEL: &str = "berth.dev/worker";
-
-/// `berth.dev/worker=<name>`.
-pub fn selector_string(name: &str) -> String {
-    format!("{WORKER_LABEL}={name}")
-}
+pub use crate::plan::names::WORKER_LABEL;
 
 /// The Deployment of a Worker with `replicas`. Pods carry `berth.dev/stack` only when the
 /// Worker belongs to a stack (so the stack's network rules apply to it).
@@ -58,54 +52,6 @@ pub fn deployment(worker: &Worker, plan: &WorkerPlan, replicas: i32) -> Deployme
         }
     }
     d
-}
-
-/// One condition as wanted now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cond {
-    pub type_: &'static str,
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl Cond {
-    pub fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Cond {
-        Cond {
-            type_,
-            ok,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Conditions from wanted ones, keeping `lastTransitionTime` where the status did not flip.
-pub fn conditions(
-    old: &[Condition],
-    wanted: &[Cond],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    wanted
-        .iter()
-        .map(|w| {
-            let status = if w.ok { "True" } else { "False" };
-            let since = old
-                .iter()
-                .find(|c| c.type_ == w.type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: w.type_.into(),
-                status: status.into(),
-                reason: w.reason.clone(),
-                message: w.message.clone(),
-                last_transition_time: since,
-                observed_generation: generation,
-            }
-        })
-        .collect()
 }
 
 /// Whether two statuses differ in anything but the queue depth.
@@ -179,21 +125,5 @@ mod tests {
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Worker", "u-1"));
         assert_eq!(owner.controller, Some(true));
-    }
-
-    #[test]
-    fn conditions_keep_transition_time() {
-        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
-        let old = conditions(&[], &[Cond::new("Ready", true, "Ready", "")], Some(1), t0);
-        let now = Timestamp::now();
-        let same = conditions(
-            &old,
-            &[Cond::new("Ready", true, "Ready", "x")],
-            Some(2),
-            now,
-        );
-        assert_eq!(same[0].last_transition_time, Time(t0));
-        let flipped = conditions(&old, &[Cond::new("Ready", false, "No", "")], Some(2), now);
-        assert_eq!(flipped[0].last_transition_time, Time(now));
     }
 }

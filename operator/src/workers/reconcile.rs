@@ -19,11 +19,12 @@ use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
 use crate::controller::diff;
 use crate::k8s::meta::MANAGER;
 use crate::plan::wiring::{stack_urls, UrlSource};
-use crate::plan::worker::{initial_replicas, plan_worker};
+use crate::plan::worker::{plan_worker, start_replicas};
 use crate::plan::EnvValue;
 
-use super::build::{self, Cond};
+use super::build;
 use super::state::{KubeTarget, Shared};
+use crate::status::Cond;
 
 /// How often a Worker is reconciled without any event (picks up a rotated Redis Secret).
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -193,7 +194,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let applied = {
         let _guard = ctx.shared.replicas_lock.lock().await;
-        let replicas = if spec.scaling.is_some() {
+        let running = if spec.scaling.is_some() {
             let known = ctx
                 .shared
                 .with(&id, |rt| {
@@ -201,19 +202,19 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                 })
                 .flatten();
             match known {
-                Some(n) => n,
+                Some(n) => Some(n),
                 None => match ctx.deployments.get(&ObjectRef::new(&name).within(&ns)) {
                     Some(d) => d.spec.as_ref().and_then(|s| s.replicas),
                     None => deployments
                         .get_opt(&name)
                         .await?
                         .and_then(|d| d.spec.and_then(|s| s.replicas)),
-                }
-                .unwrap_or_else(|| initial_replicas(spec)),
+                },
             }
         } else {
-            spec.replicas.unwrap_or(1)
+            None
         };
+        let replicas = start_replicas(spec, running);
         let d = build::deployment(worker, &plan, replicas);
         let mut desired = serde_json::to_value(&d).map_err(kube::Error::SerdeError)?;
         diff::stamp(&mut desired);
@@ -245,6 +246,11 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
             let st = applied.status.clone().unwrap_or_default();
             rt.observed_replicas = st.replicas.unwrap_or(0);
             rt.available_replicas = st.available_replicas.unwrap_or(0);
+            rt.rolling = st.observed_generation < applied.metadata.generation
+                || st.updated_replicas.unwrap_or(0) < rt.deployment_replicas;
+            if rt.available_replicas >= rt.deployment_replicas {
+                rt.ready_at = rt.deployment_replicas;
+            }
             rt.config_error = None;
             if !rt.scaling {
                 rt.desired = None;

@@ -18,8 +18,11 @@ use crate::api::{Worker, WorkerStatus};
 use crate::autoscale::{PollOutcome, ProbeError, ScaleChange, ScaleTarget, TargetError, WorkerId};
 use crate::k8s::meta::MANAGER;
 
-use super::build::{conditions, differs_beyond_depth, selector_string, Cond};
+use super::build::differs_beyond_depth;
 use super::metrics::{Metrics, WorkerLabels};
+use crate::api::appstack::ComponentStatus;
+use crate::plan::names;
+use crate::status::{queue_condition, worker_conditions, Cond, Facts, Problem};
 
 /// A status whose only change is the queue depth is written at most this often (the depth
 /// changes on nearly every poll of a busy queue).
@@ -37,6 +40,12 @@ pub struct Runtime {
     /// Pods the Deployment has / has available.
     pub observed_replicas: i32,
     pub available_replicas: i32,
+    /// The Deployment is rolling out (new generation not observed, or not every replica
+    /// updated).
+    pub rolling: bool,
+    /// The replica count at which every replica was last available: more wanted now means
+    /// replicas are starting (progress), fewer available means some stopped (degraded).
+    pub ready_at: i32,
     pub scaling: bool,
     /// Why the Worker cannot be carried out (Ready=False), if it cannot.
     pub config_error: Option<Cond>,
@@ -53,57 +62,55 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The Worker as the shared status rules see it: its one component.
+    pub fn facts(&self) -> Facts {
+        let desired = self.desired.unwrap_or(self.deployment_replicas);
+        Facts {
+            status: ComponentStatus {
+                name: self.name.clone(),
+                kind: "worker".into(),
+                desired_replicas: desired,
+                ready_replicas: self.available_replicas,
+                image: String::new(),
+                message: String::new(),
+            },
+            // Replicas added since the Worker was last fully available are starting.
+            rolling: self.rolling || desired > self.ready_at,
+            failing: None,
+        }
+    }
+
     /// The status this runtime should show (`old` supplies condition transition times).
     pub fn status(&self, old: &WorkerStatus, now: Timestamp) -> WorkerStatus {
-        let desired = self.desired.unwrap_or(self.deployment_replicas);
-        let mut wanted = vec![match &self.config_error {
-            Some(c) => c.clone(),
-            None if self.available_replicas >= desired => Cond::new(
-                "Ready",
-                true,
-                "ReplicasAvailable",
-                format!(
-                    "{} of {desired} replicas available",
-                    self.available_replicas
-                ),
-            ),
-            None => Cond::new(
-                "Ready",
-                false,
-                "ReplicasUnavailable",
-                format!(
-                    "{} of {desired} replicas available; waiting for the rest to start",
-                    self.available_replicas
-                ),
-            ),
-        }];
-        if self.scaling {
-            match &self.queue {
-                Some(Ok(_)) => wanted.push(Cond::new(
-                    "QueueReachable",
-                    true,
-                    "QueueRead",
-                    "the queue is read every pollInterval",
-                )),
-                Some(Err(e)) => wanted.push(Cond::new(
-                    "QueueReachable",
-                    false,
-                    e.reason(),
-                    format!("{e}; replicas are held until it can be read"),
-                )),
-                None => {}
+        let problem = self
+            .config_error
+            .as_ref()
+            .map(|c| Problem::new(c.reason.clone(), c.message.clone()));
+        let queue = match &self.queue {
+            Some(Ok(_)) if self.scaling => Some(queue_condition(Ok(()))),
+            Some(Err(e)) if self.scaling => {
+                Some(queue_condition(Err((e.reason(), &e.to_string()))))
             }
-        }
+            _ => None,
+        };
+        let facts = self.facts();
         WorkerStatus {
             replicas: self.observed_replicas,
-            desired_replicas: Some(desired),
+            desired_replicas: Some(facts.status.desired_replicas),
             queue_depth: match &self.queue {
                 Some(Ok(d)) if self.scaling => Some(*d),
                 _ => None,
             },
             last_scale_time: self.last_scale_time.clone(),
-            selector: Some(selector_string(&self.name)),
-            conditions: conditions(&old.conditions, &wanted, self.generation, now),
+            selector: Some(names::worker_selector(&self.name)),
+            conditions: worker_conditions(
+                self.generation,
+                &old.conditions,
+                &facts,
+                problem.as_ref(),
+                queue,
+                now,
+            ),
             observed_generation: self.generation,
         }
     }
@@ -305,6 +312,7 @@ mod tests {
             deployment_replicas: 3,
             observed_replicas: 3,
             available_replicas: 3,
+            ready_at: 3,
             scaling: true,
             desired: Some(3),
             ..Runtime::default()
@@ -348,8 +356,11 @@ mod tests {
         let starting = rt.status(&down, now);
         assert_eq!(
             cond(&starting, "Ready").unwrap().reason,
-            "ReplicasUnavailable"
+            crate::status::reason::NOT_READY
         );
+        // Scaled up from 3: the new replicas are starting, which is progress.
+        assert_eq!(cond(&starting, "Progressing").unwrap().status, "True");
+        assert_eq!(cond(&starting, "Degraded").unwrap().status, "False");
         assert!(differs_beyond_depth(&down, &starting));
     }
 }
