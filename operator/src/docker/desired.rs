@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::Secret;
 use crate::api::units::parse_quantity;
 use crate::api::{AppStack, Worker};
 use crate::manifest::{Document, Object};
+use crate::plan::network::placement;
 use crate::plan::{
-    self, set::ManifestSet, Component, ComponentKind, EnvValue, Exposure, GeneratedSecret,
-    HealthCheckKind, PlanError, SecretData,
+    self, names, set::ManifestSet, Component, EnvValue, Exposure, GeneratedSecret, HealthCheckKind,
+    PlanError, SecretData,
 };
 
 use super::labels;
@@ -156,27 +157,6 @@ impl DesiredGroup {
     }
 }
 
-/// Names of a stack's networks.
-pub fn private_network(stack: &str) -> String {
-    format!("{stack}-private")
-}
-pub fn edge_network(stack: &str) -> String {
-    format!("{stack}-edge")
-}
-/// The network that gives a stack's api, workers and services a route out of the host (an
-/// external database or Redis, third-party APIs). PostgreSQL and Redis are never on it.
-pub fn egress_network(stack: &str) -> String {
-    format!("{stack}-egress")
-}
-/// A standalone Worker's own network (it needs a route out to reach its Redis).
-pub fn worker_network(worker: &str) -> String {
-    format!("{worker}-net")
-}
-/// The data volume of a component.
-pub fn volume_name(host: &str) -> String {
-    format!("{host}-data")
-}
-
 /// Where secret values come from.
 pub trait SecretSource {
     /// The values of a generated secret, created on first use and kept forever.
@@ -270,9 +250,12 @@ fn stack_object(
         kind: Kind::AppStack,
         name: name.clone(),
     };
-    let private = private_network(&name);
-    let edge = edge_network(&name);
-    let egress = egress_network(&name);
+    // The plan's network rules, as networks: every component on the private one (internal:
+    // no route out), the clients also on the egress one (the stack's workers join it too, so
+    // it always exists), what the proxy may reach on the edge one when the stack is exposed.
+    let private = names::private_network(&name);
+    let edge = names::edge_network(&name);
+    let egress = names::egress_network(&name);
     let mut networks = vec![
         DesiredNetwork {
             name: private.clone(),
@@ -292,17 +275,18 @@ fn stack_object(
     let mut groups = Vec::new();
     let mut volumes = Vec::new();
     for c in &plan.components {
+        let at = placement(c, &plan.network);
         let mut nets = vec![(private.clone(), vec![c.host.clone()])];
-        if matches!(c.kind, ComponentKind::Api | ComponentKind::Service) {
+        if at.egress {
             nets.push((egress.clone(), vec![]));
         }
-        if c.kind == ComponentKind::Api && plan.exposure.is_some() {
+        if at.edge && plan.exposure.is_some() {
             nets.push((edge.clone(), vec![]));
         }
         let volume = c
             .storage
             .as_ref()
-            .map(|s| (volume_name(&c.host), s.mount_path.clone()));
+            .map(|s| (names::volume_name(&c.host), s.mount_path.clone()));
         if let Some((v, _)) = &volume {
             volumes.push(v.clone());
         }
@@ -370,14 +354,21 @@ fn push_worker(
             }
         }
         let c = wp.component;
-        let (network, own) = match &wp.stack {
-            // A stack's worker reaches the stack's database and cache on the private network
-            // and the outside (an external Redis, APIs) through the stack's egress network.
-            Some(s) => (private_network(s), None),
+        let (networks, own) = match &wp.stack {
+            // A stack's worker is placed like the stack's components: on the private network
+            // (the database and cache), a client, so on the egress network too (an external
+            // Redis, APIs); no rule lets anything reach it.
+            Some(s) => {
+                let mut nets = vec![(names::private_network(s), vec![])];
+                if placement(&c, &[]).egress {
+                    nets.push((names::egress_network(s), vec![]));
+                }
+                (nets, None)
+            }
             None => {
-                let n = worker_network(&name);
+                let n = names::worker_network(&name);
                 (
-                    n.clone(),
+                    vec![(n.clone(), vec![])],
                     Some(DesiredNetwork {
                         name: n,
                         internal: false,
@@ -391,10 +382,7 @@ fn push_worker(
             stack: stack_name.clone(),
             env: resolve_env(&c, generated, user_secrets)?,
             replicas: c.replicas,
-            networks: match &wp.stack {
-                Some(s) => vec![(network, vec![]), (egress_network(s), vec![])],
-                None => vec![(network, vec![])],
-            },
+            networks,
             volume: None,
             waits_for: waits_for(&stack_name, &c),
             recreate: false,

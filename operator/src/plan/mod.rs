@@ -17,10 +17,12 @@
 //!   until it exits 0 before starting the component.
 //! - [`Component::spec_hash`] changes exactly when the component must be redeployed.
 //! - [`NetworkRule`]s are the only connections allowed into a stack's components; a worker is
-//!   matched by its kind (`worker`) and its stack, whoever runs it.
+//!   matched by its kind (`worker`) and its stack, whoever runs it. A backend that places
+//!   processes on networks reads them through [`network::placement`].
 
 pub mod exposure;
 pub mod names;
+pub mod network;
 pub mod set;
 pub mod stack;
 pub mod types;

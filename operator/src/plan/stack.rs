@@ -381,11 +381,7 @@ fn service(stack: &str, s: &ServiceSpec, urls: &StackUrls) -> Component {
 /// the cache and the services; the stack's backup jobs reach the database (and only it) when
 /// the stack has a backup; nothing reaches the workers.
 pub fn network_rules(components: &[Component], has_backup: bool) -> Vec<NetworkRule> {
-    let insiders = vec![
-        Peer::Kind(ComponentKind::Api),
-        Peer::Kind(ComponentKind::Worker),
-        Peer::Kind(ComponentKind::Service),
-    ];
+    let insiders: Vec<Peer> = super::network::CLIENTS.map(Peer::Kind).to_vec();
     components
         .iter()
         .filter_map(|c| {
