@@ -192,6 +192,16 @@ mod tests {
         );
     }
 
+    /// A Worker with its own Redis and `extra` in its spec.
+    fn queue_worker(extra: &serde_json::Value) -> Worker {
+        let mut spec = json!({"image": "w:1", "queue": {"name": "q", "type": "list",
+            "redis": {"urlSecretRef": {"name": "c", "key": "u"}}}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        worker(spec)
+    }
+
     #[test]
     fn replicas() {
         let cases = [
@@ -201,12 +211,7 @@ mod tests {
             (json!({"scaling": {"maxReplicas": 5}}), 0),
         ];
         for (extra, want) in cases {
-            let mut spec = json!({"image": "w:1", "queue": {"name": "q", "type": "list",
-                "redis": {"urlSecretRef": {"name": "c", "key": "u"}}}});
-            spec.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            let w = worker(spec);
+            let w = queue_worker(&extra);
             assert_eq!(initial_replicas(&w.spec), want, "{extra}");
         }
     }
@@ -240,12 +245,7 @@ mod tests {
             ),
         ];
         for (extra, running, want) in cases {
-            let mut spec = json!({"image": "w:1", "queue": {"name": "q", "type": "list",
-                "redis": {"urlSecretRef": {"name": "c", "key": "u"}}}});
-            spec.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            let w = worker(spec);
+            let w = queue_worker(&extra);
             assert_eq!(
                 start_replicas(&w.spec, running),
                 want,

@@ -186,6 +186,12 @@ fn api() -> Component {
         .unwrap()
 }
 
+/// A Deployment's status: `(observedGeneration, replicas, updated, ready)`.
+fn rs(observed: i64, replicas: i32, updated: i32, ready: i32) -> serde_json::Value {
+    json!({"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+        "readyReplicas": ready, "availableReplicas": ready})
+}
+
 /// Kubernetes: the api's Deployment with `status`, at `generation`.
 fn k8s(c: &Component, generation: i64, status: serde_json::Value) -> Facts {
     let d: Deployment = serde_json::from_value(json!({
@@ -277,8 +283,7 @@ fn appstack_reads_the_same_on_both_backends() {
         None,
         t(1),
     );
-    let done = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-        "readyReplicas": 2, "availableReplicas": 2});
+    let done = rs(1, 2, 2, 2);
     let progressing = expect(
         Phase::Progressing,
         [
@@ -336,12 +341,7 @@ fn appstack_reads_the_same_on_both_backends() {
             "a new version rolling out",
             2,
             Some(&was_ready),
-            k8s(
-                &c,
-                2,
-                json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
-                    "readyReplicas": 2, "availableReplicas": 2}),
-            ),
+            k8s(&c, 2, rs(2, 3, 1, 2)),
             host(&c, &[("old", Up), ("old", Up)]),
             progressing.clone(),
         ),
@@ -349,15 +349,13 @@ fn appstack_reads_the_same_on_both_backends() {
             "a new version that does not become healthy",
             2,
             Some(&was_ready),
-            k8s(
-                &c,
-                2,
-                json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
-                    "readyReplicas": 2, "availableReplicas": 2,
-                    "conditions": [{"type": "Progressing", "status": "False",
+            k8s(&c, 2, {
+                let mut st = rs(2, 3, 1, 2);
+                st["conditions"] = json!([{"type": "Progressing", "status": "False",
                         "reason": "ProgressDeadlineExceeded",
-                        "message": "ReplicaSet s-api-2 has timed out progressing."}]}),
-            ),
+                        "message": "ReplicaSet s-api-2 has timed out progressing."}]);
+                st
+            }),
             host(&c, &[("old", Up), ("old", Up), ("new", Unhealthy)]),
             degraded.clone(),
         ),
@@ -365,12 +363,7 @@ fn appstack_reads_the_same_on_both_backends() {
             "a replica that worked stopped",
             1,
             Some(&was_ready),
-            k8s(
-                &c,
-                1,
-                json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                    "readyReplicas": 1, "availableReplicas": 1}),
-            ),
+            k8s(&c, 1, rs(1, 2, 2, 1)),
             host(&c, &[("new", Up), ("new", Stopped)]),
             degraded.clone(),
         ),

@@ -2,6 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::manifest::parse_documents;
+use bollard::models::RestartPolicyNameEnum;
 
 struct FakeSecrets;
 
