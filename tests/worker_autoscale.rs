@@ -132,10 +132,11 @@ fn answer(
     match (method, path) {
         ("GET", DEPLOY) => not_found(),
         ("PATCH", DEPLOY) => {
-            // Server-side apply: echo the object with every replica available.
+            // Server-side apply: echo the object with every replica updated and available.
             let mut d = body.clone();
             let n = d["spec"]["replicas"].clone();
-            d["status"] = json!({"replicas": n, "availableReplicas": n, "readyReplicas": n});
+            d["status"] = json!({"replicas": n, "updatedReplicas": n, "availableReplicas": n,
+                "readyReplicas": n});
             (StatusCode::OK, d)
         }
         ("PATCH", p) if p == format!("{DEPLOY}/scale") => {
