@@ -18,6 +18,11 @@ fn t(s: i64) -> Timestamp {
     Timestamp::from_second(s).unwrap()
 }
 
+/// The AppStack status of `components` at generation `g`, time `secs`, without a problem.
+fn at(g: i64, old: Option<&AppStackStatus>, components: Vec<Facts>, secs: i64) -> AppStackStatus {
+    appstack(Some(g), old, None, components, None, t(secs))
+}
+
 fn facts(name: &str, desired: i32, ready: i32, rolling: bool) -> Facts {
     Facts {
         status: ComponentStatus {
@@ -35,14 +40,7 @@ fn facts(name: &str, desired: i32, ready: i32, rolling: bool) -> Facts {
 
 #[test]
 fn phases() {
-    let ready = appstack(
-        Some(1),
-        None,
-        None,
-        vec![facts("api", 2, 2, false)],
-        None,
-        t(1),
-    );
+    let ready = at(1, None, vec![facts("api", 2, 2, false)], 1);
     assert_eq!(ready.phase, Some(Phase::Ready));
     assert_eq!(condition(&ready.conditions, READY).unwrap().status, "True");
     assert_eq!(ready.observed_generation, Some(1));
@@ -51,14 +49,7 @@ fn phases() {
         .iter()
         .all(|c| c.observed_generation == Some(1)));
 
-    let first = appstack(
-        Some(1),
-        None,
-        None,
-        vec![facts("api", 2, 1, false)],
-        None,
-        t(1),
-    );
+    let first = at(1, None, vec![facts("api", 2, 1, false)], 1);
     assert_eq!(first.phase, Some(Phase::Progressing));
     assert_eq!(
         condition(&first.conditions, PROGRESSING).unwrap().status,
@@ -70,14 +61,7 @@ fn phases() {
         .contains("api 1/2 ready"));
 
     // Worked before, same generation, a pod died: Degraded.
-    let broken = appstack(
-        Some(1),
-        Some(&ready),
-        None,
-        vec![facts("api", 2, 1, false)],
-        None,
-        t(2),
-    );
+    let broken = at(1, Some(&ready), vec![facts("api", 2, 1, false)], 2);
     assert_eq!(broken.phase, Some(Phase::Degraded));
     assert_eq!(
         condition(&broken.conditions, DEGRADED).unwrap().status,
@@ -85,20 +69,13 @@ fn phases() {
     );
 
     // A new generation rolling out is progress, not degradation.
-    let rolling = appstack(
-        Some(2),
-        Some(&ready),
-        None,
-        vec![facts("api", 2, 2, true)],
-        None,
-        t(2),
-    );
+    let rolling = at(2, Some(&ready), vec![facts("api", 2, 2, true)], 2);
     assert_eq!(rolling.phase, Some(Phase::Progressing));
 
     // A failing component is Degraded, with its message.
     let mut failing = facts("api", 1, 1, false);
     failing.failing = Some("new replica unhealthy".into());
-    let degraded = appstack(Some(1), None, None, vec![failing], None, t(1));
+    let degraded = at(1, None, vec![failing], 1);
     assert_eq!(degraded.phase, Some(Phase::Degraded));
     let c = condition(&degraded.conditions, DEGRADED).unwrap();
     assert_eq!(c.status, "True");
@@ -275,14 +252,7 @@ fn appstack_reads_the_same_on_both_backends() {
     use reason::*;
     use Health::{Ready as Up, Starting, Stopped, Unhealthy};
     let c = api();
-    let was_ready = appstack(
-        Some(1),
-        None,
-        None,
-        vec![facts("api", 2, 2, false)],
-        None,
-        t(1),
-    );
+    let was_ready = at(1, None, vec![facts("api", 2, 2, false)], 1);
     let done = rs(1, 2, 2, 2);
     let progressing = expect(
         Phase::Progressing,
