@@ -31,9 +31,10 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::backup_exec::{run_in_container, HostJob};
 use crate::api::{Backup, BackupSpec, BackupStatus};
-use crate::backup::host::{self, Clock, HostJob, Scheduler};
-use crate::backup::kube::status_from_jobs;
+use crate::backup::host::{self, Clock, Scheduler};
+use crate::backup::report::status_from_jobs;
 use crate::backup::BackupError;
 use crate::manifest::{self, Document, LoadError, Object};
 use crate::plan::{set::ManifestSet, stack::plan_stack, ComponentKind};
@@ -254,7 +255,7 @@ impl BackupHook {
             info!(backup = %d.name, scheduled_for = %d.scheduled_for, "backup due");
             tokio::spawn(async move {
                 let result = match job {
-                    Ok(job) => host::run_in_container(&docker, &job).await,
+                    Ok(job) => run_in_container(&docker, &job).await,
                     Err(e) => Err(e),
                 };
                 match &result {

@@ -24,6 +24,7 @@
 //! container names `<host>-<n>`, labels, networks, restart policy, nginx for the proxy.
 
 pub mod autoscale;
+pub mod backup_exec;
 pub mod backups;
 pub mod certs;
 pub mod converge;

@@ -3,20 +3,22 @@
 
 use std::sync::Arc;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use http::{Request, Response};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
 
 use super::controller::{reconcile, Context, Metrics};
 use super::*;
-use crate::api::Backup;
+use crate::api::backup::BackupRecord;
+use crate::api::{Backup, BackupStatus};
+use crate::backup::report::*;
 
 fn backup(extra: Value) -> Backup {
     let mut v = json!({
