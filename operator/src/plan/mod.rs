@@ -19,6 +19,7 @@
 //! - [`NetworkRule`]s are the only connections allowed into a stack's components; a worker is
 //!   matched by its kind (`worker`) and its stack, whoever runs it.
 
+pub mod component;
 pub mod exposure;
 pub mod names;
 pub mod set;
@@ -27,7 +28,8 @@ pub mod types;
 pub mod wiring;
 pub mod worker;
 
-pub use stack::{plan_spec, plan_stack, spec_hash, Observed};
+pub use component::{spec_hash, Observed};
+pub use stack::{plan_spec, plan_stack};
 pub use types::*;
 pub use worker::plan_worker;
 

@@ -3,7 +3,7 @@
 use crate::api::appstack::StackWorker;
 use crate::api::{AppStack, Worker, WorkerSpec};
 
-use super::stack::{env_with_urls, spec_hash};
+use super::component::{env_with_urls, spec_hash};
 use super::types::{Component, ComponentKind, EnvValue, WorkerPlan};
 use super::wiring::{self, StackUrls, UrlSource};
 use super::PlanError;
