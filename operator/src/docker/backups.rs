@@ -1,4 +1,4 @@
-//! Scheduled backups on a Docker host: a [`run::HostHook`](super::run::HostHook) that, after
+//! Scheduled backups on a Docker host: a [`HostHook`](super::hook::HostHook) that, after
 //! every pass, finds the host's Backups (standalone `Backup` manifests in the folder and the
 //! `backup` child of each AppStack, named as on Kubernetes), asks
 //! [`backup::host::Scheduler`](crate::backup::host::Scheduler) which are due (cron + time zone,
@@ -40,8 +40,8 @@ use crate::manifest::{self, Document, LoadError, Object};
 use crate::plan::{set::ManifestSet, stack::plan_stack, ComponentKind};
 
 use super::desired::{DesiredHost, Kind};
+use super::hook::{HostHook, PassContext};
 use super::labels;
-use super::run::{HostHook, PassContext};
 use super::state::StateDir;
 use super::status::{self, ObjectStatus};
 
