@@ -9,7 +9,7 @@ use super::values::{
 };
 use super::worker::{queue, scaling};
 use super::{
-    env_list, object_name, resources, Errors, FieldError, Path, Validate, MAX_LABEL,
+    container, object_name, resources, Errors, FieldError, Path, Validate, MAX_LABEL,
     RESERVED_COMPONENT_NAMES,
 };
 use crate::api::appstack::{ApiSpec, AppStack, AppStackSpec, PostgresSpec, RedisSpec, StackBackup};
@@ -56,15 +56,8 @@ fn appstack_spec(errs: &mut Errors, stack: &str, spec: &AppStackSpec, path: &Pat
     for (i, w) in spec.workers.iter().enumerate() {
         let p = path.field("workers").index(i);
         component_name(errs, stack, &w.name, &p.field("name"), &mut names);
-        errs.check(&p.field("image"), image_ref(&w.image));
-        env_list(
-            errs,
-            &w.env,
-            &p.field("env"),
-            has_postgres,
-            has_redis || w.queue.redis.is_some(),
-        );
-        resources(errs, w.resources.as_ref(), &p.field("resources"));
+        let worker_redis = has_redis || w.queue.redis.is_some();
+        container(errs, &w.container, &p, has_postgres, worker_redis);
         queue(errs, &w.queue, &p.field("queue"));
         if w.queue.redis.is_none() && !has_redis {
             errs.push(
@@ -79,9 +72,7 @@ fn appstack_spec(errs: &mut Errors, stack: &str, spec: &AppStackSpec, path: &Pat
     for (i, s) in spec.services.iter().enumerate() {
         let p = path.field("services").index(i);
         component_name(errs, stack, &s.name, &p.field("name"), &mut names);
-        errs.check(&p.field("image"), image_ref(&s.image));
-        env_list(errs, &s.env, &p.field("env"), has_postgres, has_redis);
-        resources(errs, s.resources.as_ref(), &p.field("resources"));
+        container(errs, &s.container, &p, has_postgres, has_redis);
         if let Some(storage) = &s.storage {
             errs.check(&p.field("storage"), positive_quantity(storage));
         }
@@ -145,9 +136,7 @@ fn component_name<'a>(
 }
 
 fn api_spec(errs: &mut Errors, api: &ApiSpec, path: &Path, has_pg: bool, has_redis: bool) {
-    errs.check(&path.field("image"), image_ref(&api.image));
-    env_list(errs, &api.env, &path.field("env"), has_pg, has_redis);
-    resources(errs, api.resources.as_ref(), &path.field("resources"));
+    container(errs, &api.container, path, has_pg, has_redis);
     if let Some(h) = &api.health_check {
         health_check(errs, h, &path.field("healthCheck"));
     }

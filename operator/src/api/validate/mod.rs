@@ -12,8 +12,9 @@ mod worker;
 use std::collections::HashMap;
 use std::fmt;
 
-use super::common::{EnvVar, Resources};
+use super::common::{ContainerSpec, EnvVar, Resources};
 use values::positive_quantity;
+
 pub use values::{dns_label, dns_name, dns_subdomain, image_ref};
 
 /// One problem with one field.
@@ -108,6 +109,14 @@ fn object_name(errs: &mut Errors, name: Option<&str>, max: usize) {
         None => errs.push(&path, "required field is missing"),
         Some(n) => errs.check(&path, dns_label(n, max)),
     }
+}
+
+/// A container's image, env and resources; `has_pg`/`has_redis`: whether berth injects
+/// `DATABASE_URL`/`REDIS_URL` into it.
+fn container(errs: &mut Errors, c: &ContainerSpec, path: &Path, has_pg: bool, has_redis: bool) {
+    errs.check(&path.field("image"), image_ref(&c.image));
+    env_list(errs, &c.env, &path.field("env"), has_pg, has_redis);
+    resources(errs, c.resources.as_ref(), &path.field("resources"));
 }
 
 fn env_list(errs: &mut Errors, env: &[EnvVar], path: &Path, has_pg: bool, has_redis: bool) {

@@ -1,7 +1,7 @@
 //! Worker: a standalone queue consumer, and the queue and scaling rules a stack's workers share.
 
-use super::values::{dns_label, image_ref};
-use super::{env_list, object_name, resources, Errors, FieldError, Path, Validate, MAX_LABEL};
+use super::values::dns_label;
+use super::{container, object_name, Errors, FieldError, Path, Validate, MAX_LABEL};
 use crate::api::units::parse_duration;
 use crate::api::worker::{QueueSpec, QueueType, Scaling, Worker};
 
@@ -58,10 +58,8 @@ impl Validate for Worker {
         object_name(&mut errs, self.metadata.name.as_deref(), MAX_LABEL);
         let spec = &self.spec;
         let path = Path::root().field("spec");
-        errs.check(&path.field("image"), image_ref(&spec.image));
         let has_stack = spec.app_stack_ref.is_some();
-        env_list(&mut errs, &spec.env, &path.field("env"), false, false);
-        resources(&mut errs, spec.resources.as_ref(), &path.field("resources"));
+        container(&mut errs, &spec.container, &path, false, false);
         if let Some(stack) = &spec.app_stack_ref {
             errs.check(&path.field("appStackRef"), dns_label(stack, MAX_LABEL));
         }
