@@ -87,7 +87,7 @@ fn with_status(b: &berth::api::Backup, st: berth::api::BackupStatus) -> Value {
 
 #[test]
 fn statuses_made_by_the_backup_controller() {
-    use berth::backup::kube::{blocked_status, status_from_jobs, ObservedJob, RunReport};
+    use berth::backup::report::{blocked_status, status_from_jobs, ObservedJob, RunReport};
     let now = chrono::Utc::now();
     let b = backup(2);
     // Blocked (the AppStack does not exist): Degraded with the controller's message.

@@ -14,8 +14,9 @@ use bollard::Docker;
 use chrono::{TimeZone, Utc};
 
 use berth::api::BackupSpec;
-use berth::backup::host::{self, Clock, HostJob, ManualClock, Scheduler};
+use berth::backup::host::{self, Clock, ManualClock, Scheduler};
 use berth::backup::{self, naming, Store};
+use berth::docker::backup_exec::{run_in_container, HostJob};
 
 struct Container {
     docker: Docker,
@@ -166,7 +167,7 @@ async fn scheduler_fires_a_backup_of_the_stack_postgres() {
         folder.path().display().to_string(),
     )
     .unwrap();
-    let result = host::run_in_container(&docker, &job).await;
+    let result = run_in_container(&docker, &job).await;
     scheduler.finished(&due[0].name, clock.now());
     let out = result.as_ref().expect("the backup runs");
     assert!(out.backup.verified, "verified by restore in the container");
@@ -192,7 +193,7 @@ async fn scheduler_fires_a_backup_of_the_stack_postgres() {
 
     // A stopped database: a clear error, nothing new listed.
     docker.stop_container(&name, None).await.unwrap();
-    let err = host::run_in_container(&docker, &job).await.unwrap_err();
+    let err = run_in_container(&docker, &job).await.unwrap_err();
     assert!(err.to_string().contains("not running"), "{err}");
     assert_eq!(backup::list(&store).await.unwrap().len(), 1);
     let st2 = host::record(&b, Some(&st), due[0].scheduled_for, clock.now(), &Err(err));

@@ -388,7 +388,7 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let job = berth::backup::host::HostJob::from_spec(
+    let job = berth::docker::backup_exec::HostJob::from_spec(
         "shop",
         &spec,
         name.clone(),
@@ -396,7 +396,7 @@ async fn docker_host_backup_of_a_newer_postgres_restores_equal() {
     )
     .unwrap();
     let dk = bollard::Docker::connect_with_local_defaults().unwrap();
-    let out = berth::backup::host::run_in_container(&dk, &job)
+    let out = berth::docker::backup_exec::run_in_container(&dk, &job)
         .await
         .expect("berth backs up PostgreSQL 18");
     assert!(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backup::{BackupDestination, Compression, DumpFormat, Retention};
 use super::certificate::CertIssuer;
-use super::common::{EnvVar, ExternalUrl, HealthCheck, Resources};
+use super::common::{ContainerSpec, ExternalUrl, HealthCheck, Resources};
 use super::worker::{QueueSpec, Scaling};
 
 /// The desired state of one application stack.
@@ -91,10 +91,9 @@ pub struct StackTls {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiSpec {
-    /// Container image, e.g. `ghcr.io/acme/api:1.4.2`.
-    #[schemars(length(min = 1, max = 512))]
-    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
-    pub image: String,
+    // image, command, args, env, resources (api/common.rs)
+    #[serde(flatten)]
+    pub container: ContainerSpec,
     /// Number of replicas.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1000))]
@@ -103,22 +102,9 @@ pub struct ApiSpec {
     #[serde(default = "default_api_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Replaces the image's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables. `DATABASE_URL` and `REDIS_URL` are injected by berth.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub env: Vec<EnvVar>,
     /// HTTP health check: readiness, liveness and startup probes, and the rollout gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
-    /// CPU and memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
     /// Paths through which the proxy or ingress reaches the api; default: one route `/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["path"]))]
@@ -128,6 +114,8 @@ pub struct ApiSpec {
     #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
     pub max_body_size: Option<String>,
 }
+
+super::common::container_fields!(ApiSpec, StackWorker, ServiceSpec);
 
 fn one() -> i32 {
     1
@@ -176,23 +164,9 @@ pub struct StackWorker {
         regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Container image.
-    #[schemars(length(min = 1, max = 512))]
-    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
-    pub image: String,
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Replaces the image's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables. `DATABASE_URL` and `REDIS_URL` are injected by berth.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub env: Vec<EnvVar>,
-    /// CPU and memory per replica.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
+    // image, command, args, env, resources (api/common.rs)
+    #[serde(flatten)]
+    pub container: ContainerSpec,
     /// The queue this worker consumes; Redis is the stack's own unless `queue.redis` is given.
     pub queue: QueueSpec,
     /// Queue-depth autoscaling; without it `replicas` is fixed.
@@ -281,23 +255,12 @@ pub struct ServiceSpec {
         regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Container image.
-    #[schemars(length(min = 1, max = 512))]
-    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
-    pub image: String,
+    // image, command, args, env, resources (api/common.rs)
+    #[serde(flatten)]
+    pub container: ContainerSpec,
     /// Port the service listens on.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Replaces the image's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables. `DATABASE_URL` and `REDIS_URL` are injected by berth.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub env: Vec<EnvVar>,
     /// Size of a persistent data volume, a quantity; makes it a StatefulSet on Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::api::patterns::QUANTITY))]
@@ -309,9 +272,6 @@ pub struct ServiceSpec {
     /// HTTP health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
-    /// CPU and memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
 }
 
 /// Backups of the stack's database; becomes the child Backup `<stack>`.

@@ -159,3 +159,48 @@ fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
         IntOrString::Str(s) => s,
     }))
 }
+
+/// What runs in one container: image, entrypoint, arguments, environment and resources. The
+/// api, a stack's workers and services, and a Worker flatten it into their own fields, so the YAML writes
+/// `image`, `env`… directly on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// Container image, e.g. `ghcr.io/acme/api:1.4.2`.
+    #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables. `DATABASE_URL` and `REDIS_URL` are injected by berth from the
+    /// stack's PostgreSQL and Redis (a Worker's from its `appStackRef` or `queue.redis`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// The api, a stack's workers and services, and a Worker read their container fields
+/// (`spec.image`…) as their own: `container_fields!(ApiSpec)` beside each of them.
+macro_rules! container_fields {
+    ($($kind:ty),*) => {$(
+        impl std::ops::Deref for $kind {
+            type Target = $crate::api::common::ContainerSpec;
+            fn deref(&self) -> &$crate::api::common::ContainerSpec {
+                &self.container
+            }
+        }
+        impl std::ops::DerefMut for $kind {
+            fn deref_mut(&mut self) -> &mut $crate::api::common::ContainerSpec {
+                &mut self.container
+            }
+        }
+    )*};
+}
+pub(crate) use container_fields;

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{EnvVar, ExternalUrl, Resources};
+use super::common::{ContainerSpec, ExternalUrl};
 
 /// The desired state of a queue consumer.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -45,23 +45,9 @@ use super::common::{EnvVar, ExternalUrl, Resources};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.appStackRef) || has(self.queue.redis)").message("a worker needs a Redis: set appStackRef or queue.redis"))]
 pub struct WorkerSpec {
-    /// Container image.
-    #[schemars(length(min = 1, max = 512))]
-    #[schemars(regex(pattern = crate::api::patterns::IMAGE))]
-    pub image: String,
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Replaces the image's arguments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables. `REDIS_URL` (and `DATABASE_URL` with an appStackRef) are injected.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub env: Vec<EnvVar>,
-    /// CPU and memory per replica.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
+    // image, command, args, env, resources (api/common.rs)
+    #[serde(flatten)]
+    pub container: ContainerSpec,
     /// Take Redis (and `DATABASE_URL`) from this AppStack in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -81,6 +67,8 @@ pub struct WorkerSpec {
     #[schemars(range(min = 0, max = 86400))]
     pub termination_grace_period_seconds: Option<i64>,
 }
+
+super::common::container_fields!(WorkerSpec);
 
 /// A queue in Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
@@ -106,8 +94,10 @@ pub struct QueueSpec {
     pub redis: Option<ExternalUrl>,
 }
 
-/// Queue frameworks berth can measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+/// Queue frameworks berth can measure (also the values of `berth queue depth --type`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     /// A plain Redis list (LLEN of the key).

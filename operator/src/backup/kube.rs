@@ -3,7 +3,7 @@
 //! computed from the Jobs and their pods' termination messages; the controller is in
 //! [`controller`].
 //!
-//! The pod writes a small JSON [`RunReport`] to its termination message (`--report
+//! The pod writes a small JSON [`RunReport`](super::report::RunReport) to its termination message (`--report
 //! /dev/termination-log`): the kubelet copies it into the pod's status, which is how the
 //! controller learns the new backup's name, size, checksum and the kept backups without reading
 //! the volume or the bucket. Kubernetes caps the message at 4096 bytes, so the list of kept
@@ -16,7 +16,6 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
@@ -25,13 +24,13 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
 
-use crate::api::backup::{BackupRecord, Compression, DumpFormat};
+use super::report::{from_time, ObservedJob, RunReport};
+use crate::api::backup::{Compression, DumpFormat};
 use crate::api::common::SecretKeyRef;
-use crate::api::{Backup, BackupStatus};
+use crate::api::Backup;
 use crate::k8s::meta::{MANAGER, STACK_LABEL};
 
 /// Label on every object of a Backup (CronJob, Jobs, pods, PVC): the Backup's name.
@@ -48,48 +47,6 @@ pub const REPORT_PATH: &str = "/dev/termination-log";
 pub const ACTIVE_DEADLINE_SECONDS: i64 = 6 * 3600;
 /// Finished Jobs the CronJob keeps, per outcome.
 pub const HISTORY_LIMIT: i32 = 3;
-/// The most a termination message may hold.
-pub const REPORT_MAX_BYTES: usize = 4096;
-
-/// What `berth backup run --report` writes: the new backup and the kept ones, or the error.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunReport {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupRecord>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backups: Vec<BackupRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl RunReport {
-    /// The JSON of the report within [`REPORT_MAX_BYTES`]: the oldest kept backups are left out
-    /// first, then the error is shortened.
-    pub fn to_message(&self) -> String {
-        let mut r = self.clone();
-        loop {
-            let s = serde_json::to_string(&r).unwrap_or_default();
-            if s.len() <= REPORT_MAX_BYTES {
-                return s;
-            }
-            if r.backups.pop().is_some() {
-                continue;
-            }
-            if let Some(e) = &mut r.error {
-                let keep = e.len().saturating_sub(s.len() - REPORT_MAX_BYTES + 16);
-                let mut cut = keep;
-                while !e.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                e.truncate(cut);
-                e.push('…');
-                continue;
-            }
-            return s;
-        }
-    }
-}
 
 /// Where the init container puts the berth bundle in the backup pod.
 pub const BUNDLE_PATH: &str = "/berth";
@@ -421,19 +378,6 @@ pub fn cron_job(backup: &Backup, inputs: &JobInputs) -> CronJob {
     }
 }
 
-/// A chrono time as a Kubernetes `Time`.
-pub fn to_time(t: DateTime<Utc>) -> Time {
-    Time(
-        k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis())
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
-}
-
-/// A Kubernetes `Time` as a chrono time.
-pub fn from_time(t: &Time) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(t.0.as_millisecond()).unwrap_or_default()
-}
-
 /// A short stable hash of an annotation value (FNV-1a, 10 hex digits): a label value and a
 /// Job name suffix.
 pub fn value_hash(value: &str) -> String {
@@ -479,20 +423,6 @@ pub fn now_job_exists(jobs: &[Job], value: &str) -> bool {
     let hash = value_hash(value);
     jobs.iter()
         .any(|j| j.labels().get(BACKUP_NOW_LABEL) == Some(&hash))
-}
-
-/// One Job as the status sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedJob {
-    pub name: String,
-    pub created: Option<DateTime<Utc>>,
-    pub completed: Option<DateTime<Utc>>,
-    pub active: bool,
-    pub succeeded: bool,
-    pub failed: bool,
-    /// Why it failed: the pod's report, else the Job's condition message.
-    pub failure: Option<String>,
-    pub report: Option<RunReport>,
 }
 
 /// Reads a Job and the report its pod left (pods matched by the `job-name` label).
@@ -550,199 +480,4 @@ pub fn observe(job: &Job, pods: &[Pod]) -> ObservedJob {
         failure,
         report,
     }
-}
-
-fn condition(
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    previous: Option<&BackupStatus>,
-    now: DateTime<Utc>,
-) -> Condition {
-    // The transition time moves only when the status does, so an unchanged status is equal
-    // to the previous one and is not written.
-    let last = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| to_time(now));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: last,
-        observed_generation: generation,
-    }
-}
-
-/// The status of a Backup from its Jobs: the newest successful Job's report gives the last
-/// backup and the kept ones; the newest finished Job decides Ready; an active Job makes it
-/// Progressing. Values the Jobs no longer show (removed by the history limit) are kept from
-/// `previous`.
-pub fn status_from_jobs(
-    backup: &Backup,
-    jobs: &[ObservedJob],
-    previous: Option<&BackupStatus>,
-    now: DateTime<Utc>,
-) -> BackupStatus {
-    let generation = backup.metadata.generation;
-    let mut st = BackupStatus {
-        observed_generation: generation,
-        ..previous.cloned().unwrap_or_default()
-    };
-    let newest_created = jobs.iter().filter_map(|j| j.created).max();
-    if let Some(t) = newest_created {
-        if st
-            .last_schedule_time
-            .as_ref()
-            .is_none_or(|p| from_time(p) < t)
-        {
-            st.last_schedule_time = Some(to_time(t));
-        }
-    }
-    let last_success = jobs
-        .iter()
-        .filter(|j| j.succeeded)
-        .max_by_key(|j| j.completed.or(j.created));
-    if let Some(j) = last_success {
-        let t = j.completed.or(j.created);
-        if let Some(t) = t {
-            if st
-                .last_successful_time
-                .as_ref()
-                .is_none_or(|p| from_time(p) <= t)
-            {
-                st.last_successful_time = Some(to_time(t));
-                if let Some(r) = &j.report {
-                    st.last_backup = r.backup.clone();
-                    st.backups = r.backups.clone();
-                }
-            }
-        }
-    }
-    let last_finished = jobs
-        .iter()
-        .filter(|j| j.succeeded || j.failed)
-        .max_by_key(|j| (j.completed.or(j.created), j.name.clone()));
-    let ready = match last_finished {
-        Some(j) if j.failed => condition(
-            "Ready",
-            "False",
-            "BackupFailed",
-            format!(
-                "backup job {} failed: {}",
-                j.name,
-                j.failure.clone().unwrap_or_default()
-            ),
-            generation,
-            previous,
-            now,
-        ),
-        Some(j) => {
-            let what = j
-                .report
-                .as_ref()
-                .and_then(|r| r.backup.as_ref())
-                .map(|b| {
-                    format!(
-                        "backup {} ({} bytes{})",
-                        b.name,
-                        b.size_bytes,
-                        if b.verified {
-                            ", verified by restore"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .unwrap_or_else(|| format!("job {}", j.name));
-            condition(
-                "Ready",
-                "True",
-                "BackupSucceeded",
-                format!("last run succeeded: {what}"),
-                generation,
-                previous,
-                now,
-            )
-        }
-        None => match previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready")) {
-            Some(c) if c.reason != "NoBackupYet" => c.clone(),
-            _ => condition(
-                "Ready",
-                "Unknown",
-                "NoBackupYet",
-                format!(
-                    "no backup has run yet; the schedule is {:?} ({})",
-                    backup.spec.schedule, backup.spec.time_zone
-                ),
-                generation,
-                previous,
-                now,
-            ),
-        },
-    };
-    let running: Vec<&str> = jobs
-        .iter()
-        .filter(|j| j.active)
-        .map(|j| j.name.as_str())
-        .collect();
-    let progressing = if running.is_empty() {
-        condition(
-            "Progressing",
-            "False",
-            "Idle",
-            if backup.spec.suspend {
-                "suspended: no backup is scheduled".into()
-            } else {
-                "no backup is running".into()
-            },
-            generation,
-            previous,
-            now,
-        )
-    } else {
-        condition(
-            "Progressing",
-            "True",
-            "BackupRunning",
-            format!("backup job {} is running", running.join(", ")),
-            generation,
-            previous,
-            now,
-        )
-    };
-    st.conditions = vec![ready, progressing];
-    st
-}
-
-/// A Backup's status when it cannot be carried out (an AppStack without a database…).
-pub fn blocked_status(
-    backup: &Backup,
-    reason: &str,
-    message: String,
-    previous: Option<&BackupStatus>,
-    now: DateTime<Utc>,
-) -> BackupStatus {
-    let generation = backup.metadata.generation;
-    let mut st = BackupStatus {
-        observed_generation: generation,
-        ..previous.cloned().unwrap_or_default()
-    };
-    st.conditions = vec![
-        condition("Ready", "False", reason, message, generation, previous, now),
-        condition(
-            "Progressing",
-            "False",
-            reason,
-            "nothing is scheduled until this is fixed".into(),
-            generation,
-            previous,
-            now,
-        ),
-    ];
-    st
 }

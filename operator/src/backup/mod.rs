@@ -15,6 +15,7 @@ pub mod kube;
 pub mod manifest;
 pub mod naming;
 pub mod pg;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod run;

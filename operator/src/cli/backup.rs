@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::exit;
 use crate::api::backup::{Compression, DumpFormat};
 use crate::api::units::parse_duration;
-use crate::backup::kube::RunReport;
+use crate::backup::report::RunReport;
 use crate::backup::{self, BackupError, RestoreOptions, RunOptions, Selection, Store};
 
 #[derive(Debug, Args)]

@@ -148,7 +148,11 @@ async fn run_host(a: RunArgs) -> u8 {
         Some(host.waker()),
     );
     let host = host.with_hook(Arc::new(backups));
-    let certs = crate::docker::certs::CertHook::for_host(&host.opts, Some(host.waker()));
+    let certs = crate::docker::certs::CertHook::for_host(
+        &host.opts.manifests,
+        &host.opts.http,
+        Some(host.waker()),
+    );
     let host = host.with_hook(Arc::new(certs));
     if a.once {
         return match host.pass().await {

@@ -5,6 +5,7 @@ mod cert;
 mod crds;
 mod host;
 mod operator;
+mod operator_args;
 pub mod operator_check;
 mod operator_ready;
 mod queue;

@@ -14,7 +14,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, PostParams};
 
 use super::exit;
-use super::operator::OperatorArgs;
+use super::operator_args::OperatorArgs;
 use crate::controller::crd_check;
 
 /// The chart's ClusterRole: exactly the verbs the controllers use (tests/chart.rs pins it).

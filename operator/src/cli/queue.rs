@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
 use super::exit;
 use crate::api::worker::QueueType;
@@ -29,7 +29,7 @@ pub struct DepthArgs {
     pub redis_url: String,
     /// The queue framework, as in a Worker's `queue.type`.
     #[arg(long = "type", value_enum)]
-    pub queue_type: TypeArg,
+    pub queue_type: QueueType,
     /// The queue's name as the framework knows it.
     #[arg(long)]
     pub name: String,
@@ -47,29 +47,6 @@ pub struct DepthArgs {
     pub quiet: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum TypeArg {
-    List,
-    Bullmq,
-    Celery,
-    Sidekiq,
-    Rq,
-    Stream,
-}
-
-impl From<TypeArg> for QueueType {
-    fn from(t: TypeArg) -> QueueType {
-        match t {
-            TypeArg::List => QueueType::List,
-            TypeArg::Bullmq => QueueType::Bullmq,
-            TypeArg::Celery => QueueType::Celery,
-            TypeArg::Sidekiq => QueueType::Sidekiq,
-            TypeArg::Rq => QueueType::Rq,
-            TypeArg::Stream => QueueType::Stream,
-        }
-    }
-}
-
 pub fn run(args: QueueArgs) -> u8 {
     match args.command {
         QueueCommand::Depth(a) => depth(a),
@@ -78,7 +55,7 @@ pub fn run(args: QueueArgs) -> u8 {
 
 fn depth(a: DepthArgs) -> u8 {
     let probe = match QueueProbe::from_parts(
-        a.queue_type.into(),
+        a.queue_type,
         &a.name,
         a.key.as_deref(),
         a.consumer_group.as_deref(),
@@ -125,7 +102,7 @@ fn depth(a: DepthArgs) -> u8 {
     if !a.quiet {
         println!(
             "{} queue {:?} on {}",
-            QueueType::from(a.queue_type).as_str(),
+            a.queue_type.as_str(),
             a.name,
             target.redacted()
         );

@@ -1,4 +1,4 @@
-//! Scheduled backups on a Docker host: a [`run::HostHook`](super::run::HostHook) that, after
+//! Scheduled backups on a Docker host: a [`HostHook`](super::hook::HostHook) that, after
 //! every pass, finds the host's Backups (standalone `Backup` manifests in the folder and the
 //! `backup` child of each AppStack, named as on Kubernetes), asks
 //! [`backup::host::Scheduler`](crate::backup::host::Scheduler) which are due (cron + time zone,
@@ -31,16 +31,17 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::backup_exec::{run_in_container, HostJob};
 use crate::api::{Backup, BackupSpec, BackupStatus};
-use crate::backup::host::{self, Clock, HostJob, Scheduler};
-use crate::backup::kube::status_from_jobs;
+use crate::backup::host::{self, Clock, Scheduler};
+use crate::backup::report::status_from_jobs;
 use crate::backup::BackupError;
 use crate::manifest::{self, Document, LoadError, Object};
 use crate::plan::{set::ManifestSet, stack::plan_stack, ComponentKind};
 
 use super::desired::{DesiredHost, Kind};
+use super::hook::{HostHook, PassContext};
 use super::labels;
-use super::run::{HostHook, PassContext};
 use super::state::StateDir;
 use super::status::{self, ObjectStatus};
 
@@ -254,7 +255,7 @@ impl BackupHook {
             info!(backup = %d.name, scheduled_for = %d.scheduled_for, "backup due");
             tokio::spawn(async move {
                 let result = match job {
-                    Ok(job) => host::run_in_container(&docker, &job).await,
+                    Ok(job) => run_in_container(&docker, &job).await,
                     Err(e) => Err(e),
                 };
                 match &result {

@@ -35,8 +35,8 @@ use crate::cert::run::{run as run_round, RunOptions};
 use crate::cert::timing::Decision;
 use crate::manifest::{self, LoadError};
 
+use super::hook::{HostHook, PassContext};
 use super::proxy::{self, Site};
-use super::run::{HostHook, PassContext};
 use super::state::StateDir;
 use super::status::ObjectStatus;
 
@@ -156,21 +156,19 @@ impl CertHook {
 
     /// The hook of `berth host run`: the self-check goes through the proxy's HTTP port;
     /// `BERTH_ACME_CA_BUNDLE` names a PEM CA to trust for a test ACME server's HTTPS.
+    /// `manifests` is the manifest folder, `http` the proxy's HTTP address (`host:port`).
     pub fn for_host(
-        opts: &super::run::HostOptions,
+        manifests: &Path,
+        http: &str,
         wake: Option<mpsc::UnboundedSender<()>>,
     ) -> CertHook {
-        let port = opts
-            .http
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok());
+        let port = http.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
         let self_check = match port {
             Some(p) => SelfCheck::Via(std::net::SocketAddr::from(([127, 0, 0, 1], p))),
             None => SelfCheck::Dns,
         };
         let bundle = std::env::var_os("BERTH_ACME_CA_BUNDLE").map(PathBuf::from);
-        CertHook::new(&opts.manifests, bundle, self_check, wake)
+        CertHook::new(manifests, bundle, self_check, wake)
     }
 
     fn certificates(&self) -> Vec<ManifestCert> {

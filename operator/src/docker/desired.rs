@@ -68,7 +68,7 @@ pub struct DesiredHost {
     /// whose objects cannot be told).
     pub hold: Option<String>,
     /// Manifest files not applied as written.
-    pub broken: Vec<super::manifests::BrokenFile>,
+    pub broken: Vec<super::broken::BrokenFile>,
 }
 
 impl DesiredHost {

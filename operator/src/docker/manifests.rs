@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{self, Document, LoadError, Object};
 use crate::plan::names::child_worker;
 
+pub use super::broken::BrokenFile;
 use super::desired::{Kind, ObjectKey};
 use super::state::{StateDir, StateError};
 
@@ -45,16 +46,6 @@ pub enum FolderProblem {
     Empty(PathBuf),
     /// Missing or unreadable.
     Unreadable(String),
-}
-
-/// A file that is not applied as written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokenFile {
-    pub file: PathBuf,
-    /// `file:line: message`, one per error.
-    pub errors: Vec<String>,
-    /// The last good version of the file is in force.
-    pub kept: bool,
 }
 
 /// The folder resolved against the last good versions.

@@ -24,11 +24,14 @@
 //! container names `<host>-<n>`, labels, networks, restart policy, nginx for the proxy.
 
 pub mod autoscale;
+pub mod backup_exec;
 pub mod backups;
+pub mod broken;
 pub mod certs;
 pub mod converge;
 pub mod desired;
 pub mod engine;
+pub mod hook;
 pub mod manifests;
 pub mod probe;
 pub mod proxy;

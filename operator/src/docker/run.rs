@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -28,6 +27,7 @@ use crate::plan::{ComponentKind, HealthCheckKind};
 use super::converge::{decide, Decision, GroupSpec, Health, Removal, RemoveReason, Replica};
 use super::desired::{self, desired_host, DesiredHost, Kind, ObjectKey};
 use super::engine::{ContainerInfo, Engine, EngineError};
+pub use super::hook::{HostHook, PassContext};
 use super::labels;
 use super::manifests::Manifests;
 use super::probe::{self, Prober, Target};
@@ -71,26 +71,6 @@ pub struct SpecReplicas;
 impl ReplicaSource for SpecReplicas {
     fn replicas(&self, _: &str, _: &WorkerSpec, planned: i32, _: i32) -> i32 {
         planned
-    }
-}
-
-/// What a hook sees after a pass.
-pub struct PassContext<'a> {
-    pub engine: &'a Engine,
-    pub desired: &'a DesiredHost,
-    pub state: &'a StateDir,
-    /// The documents in force: the folder's good files and the last good version of broken
-    /// ones (see [`super::manifests`]); hooks read their objects (Backups, Certificates) here.
-    pub docs: &'a [Document],
-}
-
-/// Work that runs on the host beside convergence (scheduled backups, certificate renewal).
-pub trait HostHook: Send + Sync {
-    /// Called after every pass; must not block for long (spawn long work).
-    fn after_pass<'a>(&'a self, ctx: PassContext<'a>) -> BoxFuture<'a, ()>;
-    /// When the loop must wake next for this hook, if at all.
-    fn next_wake(&self) -> Option<Instant> {
-        None
     }
 }
 

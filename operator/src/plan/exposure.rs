@@ -3,8 +3,8 @@
 use crate::api::units::parse_quantity;
 use crate::api::AppStackSpec;
 
+use super::component::Observed;
 use super::names;
-use super::stack::Observed;
 use super::types::{Exposure, RateLimitPlan, RoutePlan, TlsSource};
 use super::PlanError;
 

@@ -20,6 +20,7 @@
 //!   matched by its kind (`worker`) and its stack, whoever runs it. A backend that places
 //!   processes on networks reads them through [`network::placement`].
 
+pub mod component;
 pub mod exposure;
 pub mod names;
 pub mod network;
@@ -29,7 +30,8 @@ pub mod types;
 pub mod wiring;
 pub mod worker;
 
-pub use stack::{plan_spec, plan_stack, spec_hash, Observed};
+pub use component::{spec_hash, Observed};
+pub use stack::{plan_spec, plan_stack};
 pub use types::*;
 pub use worker::plan_worker;
 

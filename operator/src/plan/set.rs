@@ -4,7 +4,7 @@
 use crate::api::{AppStack, Certificate, Worker};
 use crate::manifest::{Document, Object};
 
-use super::stack::Observed;
+use super::component::Observed;
 
 /// The valid berth objects of some documents, by kind.
 #[derive(Clone, Debug, Default)]

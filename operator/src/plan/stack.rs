@@ -1,15 +1,12 @@
 //! Planning an AppStack: its components, secrets, exposure, network rules and children.
 
-use std::collections::BTreeMap;
-
-use sha2::{Digest, Sha256};
-
 use crate::api::appstack::{ApiSpec, PostgresSpec, RedisSpec, ServiceSpec, StackBackup};
 use crate::api::backup::{BackupDatabase, BackupDestination, VolumeDestination};
-use crate::api::common::{EnvVar, HealthCheck};
+use crate::api::common::HealthCheck;
 use crate::api::units::parse_quantity;
 use crate::api::{AppStack, AppStackSpec, BackupSpec, CertificateSpec};
 
+use super::component::{env_with_urls, spec_hash, Observed};
 use super::exposure::exposure;
 use super::names::{self, keys};
 use super::types::*;
@@ -29,16 +26,6 @@ pub const POSTGRES_PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 pub const REDIS_MOUNT: &str = "/data";
 /// Default mount path of a service's storage.
 pub const DEFAULT_SERVICE_MOUNT: &str = "/data";
-/// The official postgres and redis images run as this user and group (`postgres`/`redis`).
-pub const OFFICIAL_IMAGE_USER: User = User { uid: 999, gid: 999 };
-
-/// What the planner needs to know beyond the spec: facts observed elsewhere.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    /// Secret names of berth Certificates in the stack's namespace, by Certificate name (to
-    /// resolve `tls.certificateRef`).
-    pub certificate_secrets: BTreeMap<String, String>,
-}
 
 /// Plans one AppStack.
 pub fn plan_stack(stack: &AppStack, observed: &Observed) -> Result<StackPlan, PlanError> {
@@ -92,36 +79,6 @@ pub fn plan_spec(
         url,
         components,
     })
-}
-
-/// A stable hash of a component (its `spec_hash` field excluded): 16 hex characters.
-pub fn spec_hash(c: &Component) -> String {
-    let mut c = c.clone();
-    c.spec_hash = String::new();
-    // Plain data with string keys: serialization cannot fail.
-    let bytes = serde_json::to_vec(&c).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The user's env, then `DATABASE_URL`/`REDIS_URL` (validation rejects user variables that
-/// would shadow them).
-pub(super) fn env_with_urls(user: &[EnvVar], urls: &StackUrls) -> Vec<Env> {
-    let mut env: Vec<Env> = user.iter().map(user_env).collect();
-    env.extend(wiring::url_env(urls));
-    env
-}
-
-pub(super) fn user_env(e: &EnvVar) -> Env {
-    let value = match (&e.value, &e.secret_key_ref) {
-        (_, Some(r)) => EnvValue::Secret(r.clone()),
-        (Some(v), None) => EnvValue::Literal(v.clone()),
-        (None, None) => EnvValue::Literal(String::new()),
-    };
-    Env {
-        name: e.name.clone(),
-        value,
-    }
 }
 
 fn http_health(h: &HealthCheck, default_port: i32) -> Health {

@@ -321,3 +321,6 @@ pub struct WorkerPlan {
 
 /// Secret values read or generated for one secret, by key (never logged).
 pub type SecretData = BTreeMap<String, String>;
+
+/// The official postgres and redis images run as this user and group (`postgres`/`redis`).
+pub const OFFICIAL_IMAGE_USER: User = User { uid: 999, gid: 999 };

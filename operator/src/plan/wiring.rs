@@ -194,7 +194,7 @@ pub fn dependencies(urls: &StackUrls) -> Vec<Dependency> {
                 name: "DATABASE_URL".into(),
                 value: db.value.clone(),
             }],
-            user: Some(super::stack::OFFICIAL_IMAGE_USER),
+            user: Some(super::types::OFFICIAL_IMAGE_USER),
         });
     }
     if let Some(r) = &urls.redis {
@@ -211,7 +211,7 @@ pub fn dependencies(urls: &StackUrls) -> Vec<Dependency> {
                 name: "REDIS_URL".into(),
                 value: r.value.clone(),
             }],
-            user: Some(super::stack::OFFICIAL_IMAGE_USER),
+            user: Some(super::types::OFFICIAL_IMAGE_USER),
         });
     }
     deps

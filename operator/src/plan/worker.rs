@@ -3,7 +3,7 @@
 use crate::api::appstack::StackWorker;
 use crate::api::{AppStack, Worker, WorkerSpec};
 
-use super::stack::{env_with_urls, spec_hash};
+use super::component::{env_with_urls, spec_hash};
 use super::types::{Component, ComponentKind, EnvValue, WorkerPlan};
 use super::wiring::{self, StackUrls, UrlSource};
 use super::PlanError;
@@ -12,11 +12,7 @@ use super::PlanError;
 /// `DATABASE_URL` come from the stack (unless the worker names its own `queue.redis`).
 pub fn stack_worker_spec(stack: &str, w: &StackWorker) -> WorkerSpec {
     WorkerSpec {
-        image: w.image.clone(),
-        command: w.command.clone(),
-        args: w.args.clone(),
-        env: w.env.clone(),
-        resources: w.resources.clone(),
+        container: w.container.clone(),
         app_stack_ref: Some(stack.to_string()),
         queue: w.queue.clone(),
         scaling: w.scaling.clone(),

@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use super::{
-    backup_now_value, blocked_status, cron_job, now_job, now_job_exists, observe, pvc,
-    status_from_jobs, JobInputs, BACKUP_LABEL,
+    backup_now_value, cron_job, now_job, now_job_exists, observe, pvc, JobInputs, BACKUP_LABEL,
 };
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Backup, BackupStatus};
+use crate::backup::report::{blocked_status, status_from_jobs};
 use crate::backup::BackupError;
 use crate::k8s::meta::MANAGER;
 
