@@ -25,8 +25,9 @@
 //!   exist yet (docs/certificates.md). For those, every component except the proxy is ready, and
 //!   Ready=False/ComponentsNotReady names the Certificate as the only thing missing.
 //! - Worker: Ready=True (ReplicasAvailable) for its generation.
-//! - Backup: its CronJob exists with the example's schedule, observed generation current, and
-//!   Ready=Unknown/NoBackupYet: a Backup is Ready only after a backup ran (tests/e2e_backup.rs).
+//! - Backup: its CronJob exists with the example's schedule and suspend, observed generation
+//!   current, and Ready=Unknown/NoBackupYet: a Backup is Ready only after a backup ran
+//!   (tests/e2e_backup.rs).
 //! - Certificate: selfSigned and ca Ready=True; acme Ready=False with Issuing=True (the Job
 //!   that would reach the ACME server).
 //!
@@ -537,6 +538,10 @@ async fn verdicts(client: &Client, ns: &str) -> Verdicts {
             Some(c) if c.schedule != b.spec.schedule => Err(format!(
                 "CronJob schedule {} != {}",
                 c.schedule, b.spec.schedule
+            )),
+            Some(c) if c.suspend.unwrap_or(false) != b.spec.suspend => Err(format!(
+                "CronJob suspend {:?} != {}",
+                c.suspend, b.spec.suspend
             )),
             Some(_) if st.observed_generation != b.metadata.generation => {
                 Err("generation not observed yet".into())
