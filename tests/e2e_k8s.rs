@@ -13,13 +13,11 @@
 //! kind: `kind load docker-image berth-demo/api:e2e ...` first).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::Duration;
 
 use berth::api::{AppStack, Certificate};
-use berth::controller::{self, Metrics, Settings};
+use berth::controller;
 use berth::k8s::{build, BuildOptions, Owner};
 use berth::plan::set::ManifestSet;
 use futures::FutureExt;
@@ -27,185 +25,23 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/argocd.rs"]
 mod argocd;
 #[path = "support/cluster.rs"]
 mod cluster;
 use cluster::{wait_for, MANAGER};
-
-/// The ClusterRole the chart grants the operator, installed under this name for the tests.
-const CHART_ROLE: &str = "berth-e2e-chart-operator";
-/// The ServiceAccount the in-process controllers impersonate.
-const OPERATOR_SA: &str = "berth-operator";
-
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The ClusterRole of `helm template charts/berth`, applied as `CHART_ROLE`.
-async fn install_chart_role(admin: &Client) {
-    let out = std::process::Command::new("helm")
-        .args(["template", "berth"])
-        .arg(repo_root().join("charts/berth"))
-        .output()
-        .expect("cannot run helm (install it with .ci/install-helm)");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    let mut role: ClusterRole = text
-        .split("\n---")
-        .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
-        .find(|v| v["kind"] == "ClusterRole")
-        .map(|v| serde_json::from_value(v).expect("the chart's ClusterRole parses"))
-        .expect("the chart renders a ClusterRole");
-    role.metadata = kube::api::ObjectMeta {
-        name: Some(CHART_ROLE.into()),
-        ..Default::default()
-    };
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            CHART_ROLE,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .expect("applying the chart's ClusterRole");
-}
-
-/// A client that acts as the ServiceAccount `OPERATOR_SA` of `ns`, bound to the chart's
-/// ClusterRole in that namespace (the rights a namespaced install of the chart gives).
-async fn operator_client(admin: &Client, ns: &str) -> Client {
-    install_chart_role(admin).await;
-    let sa: k8s_openapi::api::core::v1::ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": OPERATOR_SA, "namespace": ns}}))
-            .unwrap();
-    apply_obj(admin, ns, &sa).await;
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": OPERATOR_SA, "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CHART_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}],
-    }))
-    .unwrap();
-    apply_obj(admin, ns, &binding).await;
-    let path = cluster::kubeconfig_path().expect("a cluster");
-    let kubeconfig = Kubeconfig::read_from(&path).expect("the kubeconfig");
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("a client config");
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{OPERATOR_SA}"));
-    Client::try_from(config).expect("an impersonating client")
-}
-
-/// Every controller's metrics, to read what they sent.
-#[derive(Clone, Default)]
-struct OperatorMetrics {
-    appstack: Arc<Metrics>,
-    workers: Arc<berth::workers::Metrics>,
-}
-
-/// A fresh namespace, the three controllers running in it as the chart's ServiceAccount, and
-/// cleanup whatever happens.
-async fn in_namespace<F, Fut>(test: &str, body: F)
-where
-    F: FnOnce(Client, String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    in_namespace_with(test, |client, ns, _| body(client, ns)).await
-}
-
-async fn in_namespace_with<F, Fut>(test: &str, body: F)
-where
-    F: FnOnce(Client, String, OperatorMetrics) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some(client) = cluster::client().await else {
-        return;
-    };
-    cluster::install_crds(&client).await;
-    let ns = cluster::create_namespace(&client, test).await;
-    let operator = operator_client(&client, &ns).await;
-    let stop = CancellationToken::new();
-    let settings = Settings {
-        namespace: Some(ns.clone()),
-        build: BuildOptions::default(),
-        instance: Some("e2e".into()),
-    };
-    let metrics = OperatorMetrics::default();
-    let appstacks = tokio::spawn(controller::run_with(
-        operator.clone(),
-        settings,
-        metrics.appstack.clone(),
-        stop.clone(),
-    ));
-    let workers = tokio::spawn(berth::workers::run(
-        operator.clone(),
-        Some(ns.clone()),
-        metrics.workers.clone(),
-        stop.clone(),
-    ));
-    let backups = tokio::spawn(berth::backup::kube::controller::run(
-        operator.clone(),
-        Some(ns.clone()),
-        Arc::new(berth::backup::kube::controller::Metrics::default()),
-        stop.clone(),
-    ));
-    let outcome = AssertUnwindSafe(body(client.clone(), ns.clone(), metrics))
-        .catch_unwind()
-        .await;
-    stop.cancel();
-    for task in [
-        tokio::spawn(async move { appstacks.await.map(|r| r.map_err(|e| e.to_string())) }),
-        tokio::spawn(async move { workers.await.map(|r| r.map_err(|e| e.to_string())) }),
-        tokio::spawn(async move { backups.await.map(|r| r.map_err(|e| e.to_string())) }),
-    ] {
-        match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(Ok(Ok(())))) => {}
-            Ok(Ok(Ok(Err(e)))) => eprintln!("a controller ended with an error: {e}"),
-            other => eprintln!("a controller did not stop cleanly: {other:?}"),
-        }
-    }
-    cluster::delete_namespace(&client, &ns).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
+#[path = "support/operator_ns.rs"]
+mod operator_ns;
+use operator_ns::{apply_obj, in_namespace, in_namespace_with, repo_root};
 
 fn examples() -> ManifestSet {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let docs = berth::manifest::load_paths(&[dir]).expect("examples load");
     ManifestSet::from_documents(&docs)
-}
-
-async fn apply_obj<K>(client: &Client, ns: &str, obj: &K)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut v = serde_json::to_value(obj).unwrap();
-    v["metadata"]["namespace"] = json!(ns);
-    let name = obj.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&v),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying {} {name}: {e}", K::kind(&())));
 }
 
 /// Creates the user Secrets a stack names, with every key it uses.

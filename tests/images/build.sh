@@ -4,7 +4,7 @@
 # files they read and busybox for /bin/sh. No registry is needed, only Debian's apt for missing
 # packages. An image whose tag exists is kept unless FORCE=1.
 #
-# usage: tests/images/build.sh [api|worker|postgres|redis|nginx|berth-base|postgres-new ...]
+# usage: tests/images/build.sh [api|worker|postgres|redis|nginx|berth-base|postgres-new|standin ...]
 #        (default: the five berth-demo images)
 # env:   FORCE=1 rebuild existing tags; PREFIX (default berth-demo) names the images.
 set -euo pipefail
@@ -325,6 +325,24 @@ build_postgres_new() {
     'EXPOSE 5432' 'VOLUME /var/lib/postgresql/data'
 }
 
+# The stand-in for the application images the examples name (tests/e2e_examples.rs tags it as
+# each of them): busybox only. Started as its entrypoint or as any of the commands the examples
+# run (node, celery, rq, bundle, python...), it answers HTTP 200 on every path on $PORT and the
+# examples' ports (standin-entrypoint.sh) and exits on SIGTERM.
+build_standin() {
+  local img=$PREFIX/standin:latest
+  wanted "$img" || { log "$img: cached (FORCE=1 to rebuild)"; return 0; }
+  local root=$WORK/standin c
+  new_rootfs "$root" app:10001:/app
+  install -m 0755 "$HERE/standin-entrypoint.sh" "$root/usr/local/bin/standin"
+  install -m 0755 "$HERE/standin-respond.sh" "$root/usr/local/bin/standin-respond"
+  for c in node npm celery rq python python3 uvicorn gunicorn bundle ruby rails; do
+    ln -s standin "$root/usr/local/bin/$c"
+  done
+  import_rootfs "$root" "$img" 'ENV PATH=/usr/local/bin:/usr/bin:/usr/sbin' \
+    'ENTRYPOINT ["/usr/local/bin/standin"]' 'USER 10001' 'WORKDIR /app'
+}
+
 # --- main --------------------------------------------------------------------------------------
 
 command -v docker >/dev/null || die "docker is needed: apt-get install -y docker.io"
@@ -346,7 +364,8 @@ for t in "${targets[@]}"; do
     api|worker|postgres|redis|nginx) "build_$t" ;;
     berth-base) build_berth_base ;;
     postgres-new) build_postgres_new ;;
-    *) die "unknown image $t (api, worker, postgres, redis, nginx, berth-base, postgres-new)" ;;
+    standin) build_standin ;;
+    *) die "unknown image $t (api, worker, postgres, redis, nginx, berth-base, postgres-new, standin)" ;;
   esac
 done
 log "done in $(( $(date +%s) - start )) s"

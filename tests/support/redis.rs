@@ -15,6 +15,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     tls: Option<TlsFiles>,
+    also_bind: Vec<String>,
 }
 
 struct TlsFiles {
@@ -28,6 +29,8 @@ struct TlsFiles {
 pub struct Options {
     pub password: Option<String>,
     pub tls: bool,
+    /// Addresses to listen on besides 127.0.0.1 (e.g. the cluster's node IP, for pods).
+    pub also_bind: Vec<String>,
 }
 
 /// A port outside Linux's ephemeral range (32768-60999), so no outgoing connection of a
@@ -68,6 +71,7 @@ impl RedisServer {
             dir,
             child: None,
             tls,
+            also_bind: opts.also_bind,
         };
         // Another process may take the port between the check and the start: try others.
         for _ in 0..20 {
@@ -93,7 +97,9 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(self.dir.path())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.also_bind)
+            .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.path().to_str().unwrap()]);
         match &self.tls {
             Some(t) => {
@@ -109,6 +115,10 @@ impl RedisServer {
         }
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
+        }
+        if !self.also_bind.is_empty() {
+            // Reachable from pods without a password: protected mode would refuse them.
+            cmd.args(["--protected-mode", "no"]);
         }
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = cmd
