@@ -155,7 +155,7 @@ impl Store for KubeStore {
 pub struct KubeRenew {
     /// Tokens, self-check, ACME CA bundle, timeout; `renew_now` overrides the annotation.
     pub opts: RunOptions,
-    /// `ingressClassName` of the solver Ingress.
+    /// `ingressClassName` of the solver Ingress when the Certificate's `acme.http01` names none.
     pub ingress_class: Option<String>,
 }
 
@@ -176,11 +176,16 @@ pub async fn renew(
     if opts.renew_now.is_none() {
         opts.renew_now = renew_now(&cert).map(str::to_string);
     }
-    opts.presenter = Some(Arc::new(KubeSolver::new(
-        client.clone(),
-        &cert,
-        how.ingress_class.clone(),
-    )));
+    // The Certificate's own solver class wins over the operator's.
+    let class = cert
+        .spec
+        .issuer
+        .acme
+        .as_ref()
+        .and_then(|a| a.http01.as_ref())
+        .and_then(|h| h.ingress_class_name.clone())
+        .or_else(|| how.ingress_class.clone());
+    opts.presenter = Some(Arc::new(KubeSolver::new(client.clone(), &cert, class)));
     let spec = cert.spec.clone();
     let generation = cert.metadata.generation;
     let store = KubeStore::new(client, cert);
