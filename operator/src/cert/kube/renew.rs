@@ -21,6 +21,9 @@ use crate::cert::run::{round_in, RunOptions, RunResult, Store};
 use crate::cert::{CertError, Issued};
 use crate::k8s::meta::MANAGER;
 
+/// How long the first read retries connection errors.
+const FIRST_READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The key of the ACME account Secret holding the account credentials (JSON).
 pub const ACCOUNT_KEY: &str = "account.json";
 
@@ -168,10 +171,28 @@ pub async fn renew(
     how: &KubeRenew,
 ) -> Result<RunResult, CertError> {
     let certs: Api<Certificate> = Api::namespaced(client.clone(), namespace);
-    let cert = certs
-        .get(name)
-        .await
-        .map_err(api_err(format!("reading Certificate {namespace}/{name}")))?;
+    // A pod's first connection may precede its network (or the API's route) by a moment: the
+    // first read retries connection errors for a short while; an API answer is final.
+    let deadline = tokio::time::Instant::now() + FIRST_READ_PATIENCE;
+    let cert = loop {
+        match certs.get(name).await {
+            Ok(c) => break c,
+            Err(kube::Error::Api(e)) => {
+                return Err(api_err(format!("reading Certificate {namespace}/{name}"))(
+                    kube::Error::Api(e),
+                ))
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(api_err(format!("reading Certificate {namespace}/{name}"))(
+                    e,
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the API is not reachable yet, retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
     let mut opts = how.opts.clone();
     if opts.renew_now.is_none() {
         opts.renew_now = renew_now(&cert).map(str::to_string);
