@@ -343,6 +343,19 @@ async fn acme_certificate_is_issued_by_its_job_against_pebble() {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let account = berth::cert::kube::account_secret_name(&pebble.directory(), "ops@berth.test");
         assert!(secrets.get_opt(&account).await.unwrap().is_some());
+        // The Job reported its attempt on the Certificate (its Role allows Events).
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        cluster::wait_for("the Job's Issued Event", || {
+            let events = events.clone();
+            async move {
+                events.list(&ListParams::default()).await.ok()?.items.into_iter().find(|e| {
+                    e.reason.as_deref() == Some("Issued")
+                        && e.reporting_controller.as_deref() == Some("berth-cert-renew")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+                })
+            }
+        })
+        .await;
         eprintln!("figure: ACME Certificate to Ready on the cluster in {:?}", started.elapsed());
 
         stop.cancel();

@@ -175,6 +175,7 @@ async fn acme_applies_the_cron_job_and_starts_the_first_job() {
             {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
             {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "patch", "delete"], "resourceNames": ["web-acme-solver"]},
             {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["create"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
         ])
     );
     let binding = reqs[3].body.as_ref().unwrap();

@@ -3,8 +3,8 @@
 //! account Secret read by name, the solver Service and Ingress (one Exact rule for the token on
 //! the domain's host, the Certificate's class) applied before the self-check and deleted after
 //! the order is finalised, the account and TLS Secrets written, the status through the status
-//! subresource — and the same solver removed when the CA fails the challenge, with the failure
-//! in the status and no Secret written.
+//! subresource, an Event — and the same solver removed when the CA fails the challenge, with the
+//! failure in the status, a Warning Event and no Secret written.
 
 #[path = "support/kube_mock.rs"]
 mod kube_mock;
@@ -72,6 +72,7 @@ fn api(cert: Value) -> (MockApi, Arc<Mutex<Option<Value>>>) {
                 (200, b)
             }
             ("PATCH", _) => (200, echo()),
+            ("POST", "/apis/events.k8s.io/v1/namespaces/prod/events") => (201, echo()),
             _ => (500, status(500, "unexpected")),
         }
     }));
@@ -134,8 +135,15 @@ async fn one_issuance_applies_the_solver_then_removes_it_and_writes_secret_and_s
             format!("PATCH /api/v1/namespaces/prod/secrets/web-tls{apply}"),
             "GET /api/v1/namespaces/prod/secrets/web-tls".into(),
             "PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status?&force=true&fieldManager=berth".into(),
+            "POST /apis/events.k8s.io/v1/namespaces/prod/events?".into(),
         ]
     );
+    let ev = reqs[11].body.as_ref().unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["reason"].as_str()),
+        (Some("Normal"), Some("Issued"))
+    );
+    assert_eq!(ev["regarding"]["kind"], "Certificate");
     // The Service selects the Job's pod and forwards to its HTTP-01 port.
     let svc = reqs[3].body.as_ref().unwrap();
     assert_eq!(
@@ -239,7 +247,22 @@ async fn a_failed_challenge_still_removes_the_solver_and_writes_no_secret() {
         "{ls:#?}"
     );
     assert!(tls_secret.lock().unwrap().is_none());
-    let st = &reqs.last().unwrap().body.as_ref().unwrap()["status"];
+    // The status, then a Warning Event with the reason and the message of the Issuing condition.
+    let st = &reqs[at("PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status")]
+        .body
+        .as_ref()
+        .unwrap()["status"];
+    let ev = reqs.last().unwrap().body.clone().unwrap();
+    assert_eq!(
+        ls.last().unwrap(),
+        "POST /apis/events.k8s.io/v1/namespaces/prod/events?"
+    );
+    assert_eq!(
+        (ev["type"].as_str(), ev["reason"].as_str()),
+        (Some("Warning"), Some("AcmeRejected")),
+        "{ev}"
+    );
+    assert!(ev["note"].as_str().unwrap().contains("attempt 1"), "{ev}");
     assert_eq!(st["failedAttempts"], 1, "{st}");
     assert!(st["lastFailureTime"].is_string());
     let issuing = st["conditions"]

@@ -4,7 +4,8 @@
 //! (it cannot restrict `create` by name):
 //! - the Certificate: get; its status: get, patch;
 //! - Secrets: get, patch the TLS Secret and the ACME account Secret; create (first issuance);
-//! - the solver Service and Ingress: get, patch, delete by name; create.
+//! - the solver Service and Ingress: get, patch, delete by name; create;
+//! - Events (`events.k8s.io`): create (the attempt's outcome on the Certificate).
 //!
 //! The operator's ClusterRole holds all of these verbs too (RBAC only lets it grant what it has).
 
@@ -59,6 +60,7 @@ pub fn rules(cert: &Certificate) -> Vec<PolicyRule> {
             &solver,
         ),
         rule("networking.k8s.io", "ingresses", &["create"], &[]),
+        rule("events.k8s.io", "events", &["create"], &[]),
     ]
 }
 

@@ -11,13 +11,15 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::solver::{KubeSolver, JOB_MANAGER};
 use super::{account_secret_name, ca_pair, renew_now, stored, tls_secret};
 use crate::api::{Certificate, CertificateStatus};
 use crate::cert::round::Stored;
 use crate::cert::run::{round_in, RunOptions, RunResult, Store};
+use crate::cert::timing::Decision;
 use crate::cert::{CertError, Issued};
 use crate::k8s::meta::MANAGER;
 
@@ -209,6 +211,29 @@ pub async fn renew(
     opts.presenter = Some(Arc::new(KubeSolver::new(client.clone(), &cert, class)));
     let spec = cert.spec.clone();
     let generation = cert.metadata.generation;
-    let store = KubeStore::new(client, cert);
-    round_in(&store, &spec, generation, &opts, Utc::now()).await
+    let regarding = cert.object_ref(&());
+    let store = KubeStore::new(client.clone(), cert);
+    let r = round_in(&store, &spec, generation, &opts, Utc::now()).await?;
+    // An attempt is reported as an Event on the Certificate: a failure is a Warning even while
+    // the old certificate is served (Ready stays True/RenewalFailing until it expires).
+    if matches!(r.decision, Decision::Issue(_)) {
+        let issuing = r.status.conditions.iter().find(|c| c.type_ == "Issuing");
+        let (kind, reason) = match (r.stored_new, issuing) {
+            (true, _) => (EventType::Normal, "Issued"),
+            (false, Some(c)) => (EventType::Warning, c.reason.as_str()),
+            (false, None) => (EventType::Warning, "IssuanceFailed"),
+        };
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: JOB_MANAGER.into(),
+                instance: std::env::var("POD_NAME")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok()),
+            },
+        );
+        let note = issuing.map(|c| c.message.clone()).unwrap_or_default();
+        crate::k8s::report::publish(&recorder, &regarding, kind, reason, "Issue", note).await;
+    }
+    Ok(r)
 }
