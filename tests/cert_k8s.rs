@@ -318,7 +318,12 @@ async fn acme_certificate_is_issued_by_its_job_against_pebble() {
             for p in pods.list(&ListParams::default().labels("berth.dev/certificate=web")).await.unwrap().items {
                 logs += &pods.logs(&p.name_any(), &Default::default()).await.unwrap_or_default();
             }
-            panic!("the Job failed:\n{logs}\npebble:\n{}", pebble.log());
+            let hint = if logs.contains("client error (Connect)") {
+                "\nthe pod did not reach the API server at 10.0.0.1:443: the DNAT rule of ../shared/k8s/start.sh is missing (iptables -t nat -S PREROUTING); start.sh --node restores it\n"
+            } else {
+                ""
+            };
+            panic!("the Job failed:\n{logs}{hint}\npebble:\n{}", pebble.log());
         }
         assert!(job.metadata.name.unwrap().starts_with("web-issue-"));
         let pod = job.spec.unwrap().template.spec.unwrap();
