@@ -133,23 +133,61 @@ async fn acme_applies_the_cron_job_and_starts_the_first_job() {
             _ => (500, status(500, "unexpected")),
         }
     }));
-    let ctx = Arc::new(Context::new(
-        api.client.clone(),
-        Arc::new(Metrics::default()),
-    ));
+    let mut ctx = Context::new(api.client.clone(), Arc::new(Metrics::default()));
+    ctx.jobs.ingress_class = Some("nginx".into());
+    let ctx = Arc::new(ctx);
     let spec = json!({"secretName": "web-tls", "dnsNames": ["web.example.test"], "issuer": {"acme": {"email": "ops@example.test"}}});
     reconcile(Arc::new(cert(spec, None)), ctx).await.unwrap();
     let reqs = api.take();
     let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
-    assert_eq!(lines[0], "GET /api/v1/namespaces/prod/secrets/web-tls");
+    let apply = "?&force=true&fieldManager=berth";
     assert_eq!(
-        lines[1],
-        "PATCH /apis/batch/v1/namespaces/prod/cronjobs/web-renew?&force=true&fieldManager=berth"
+        lines,
+        [
+            "GET /api/v1/namespaces/prod/secrets/web-tls".to_string(),
+            format!("PATCH /api/v1/namespaces/prod/serviceaccounts/web-renew{apply}"),
+            format!("PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/prod/roles/web-renew{apply}"),
+            format!("PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/prod/rolebindings/web-renew{apply}"),
+            format!("PATCH /apis/batch/v1/namespaces/prod/cronjobs/web-renew{apply}"),
+            "POST /apis/batch/v1/namespaces/prod/jobs?".into(),
+            format!("PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status{apply}"),
+        ]
     );
-    assert_eq!(lines[2], "POST /apis/batch/v1/namespaces/prod/jobs?");
-    assert!(lines[3]
-        .starts_with("PATCH /apis/berth.dev/v1alpha1/namespaces/prod/certificates/web/status"));
-    assert_eq!(lines.len(), 4);
+    // The renewer account: owned by the Certificate, a Role with exactly what
+    // `berth cert renew --kube` does, by name where RBAC allows it, bound to the account.
+    for r in &reqs[1..4] {
+        let b = r.body.as_ref().unwrap();
+        assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "Certificate");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["name"], "web");
+    }
+    let account = "berth-acme-account-".to_string()
+        + &berth::backup::kube::value_hash(
+            "https://acme-v02.api.letsencrypt.org/directory\nops@example.test",
+        );
+    assert_eq!(
+        reqs[2].body.as_ref().unwrap()["rules"],
+        json!([
+            {"apiGroups": ["berth.dev"], "resources": ["certificates"], "verbs": ["get"], "resourceNames": ["web"]},
+            {"apiGroups": ["berth.dev"], "resources": ["certificates/status"], "verbs": ["get", "patch"], "resourceNames": ["web"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"], "resourceNames": ["web-tls", account]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch", "delete"], "resourceNames": ["web-acme-solver"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "patch", "delete"], "resourceNames": ["web-acme-solver"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["create"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        ])
+    );
+    let binding = reqs[3].body.as_ref().unwrap();
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "web-renew"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "web-renew", "namespace": "prod"}])
+    );
+    let reqs = &reqs[3..];
     let cj = reqs[1].body.as_ref().unwrap();
     assert_eq!(cj["spec"]["schedule"], "17 3 * * *");
     assert_eq!(cj["metadata"]["ownerReferences"][0]["kind"], "Certificate");
@@ -167,8 +205,20 @@ async fn acme_applies_the_cron_job_and_starts_the_first_job() {
             "--namespace",
             "prod",
             "--name",
-            "web"
+            "web",
+            "--ingress-class=nginx",
+            "--now"
         ])
+    );
+    let pod = &job["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["berth.dev/acme-solver"],
+        "web-acme-solver"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "web-renew");
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8089
     );
     let st = &reqs[3].body.as_ref().unwrap()["status"];
     let issuing = st["conditions"]

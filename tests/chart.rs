@@ -244,6 +244,14 @@ fn cluster_role_is_least_privilege() {
         // backup-now starts a Job at once; finished Jobs are left to the CronJob's history limits.
         ("batch", "jobs", &["get", "list", "watch", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
+        // The ACME renewal Jobs' account `<certificate>-renew` (server-side apply).
+        ("", "serviceaccounts", &["create", "patch"]),
+        ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
+        (
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["create", "patch"],
+        ),
     ];
     let expected: BTreeMap<(String, String), BTreeSet<String>> = expected
         .into_iter()
@@ -255,7 +263,28 @@ fn cluster_role_is_least_privilege() {
         })
         .collect();
     assert_eq!(grants(&rules), expected);
-    // Nothing the operator does not touch: no pods/exec, no nodes, no RBAC escalation, no
+    // RBAC's escalation rule: the Role the Certificate controller makes for its renewal Jobs
+    // may only grant what the operator holds itself.
+    let cert: berth::api::Certificate = serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Certificate",
+        "metadata": {"name": "web", "namespace": "prod"},
+        "spec": {"secretName": "web-tls", "dnsNames": ["web.example.test"],
+                 "issuer": {"acme": {"email": "ops@example.test"}}}
+    }))
+    .unwrap();
+    for r in berth::cert::kube::rbac::rules(&cert) {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    assert!(
+                        allows(&rules, g, res, v),
+                        "the renewer Role grants {g}/{res} {v}, which the operator lacks"
+                    );
+                }
+            }
+        }
+    }
+    // Nothing the operator does not touch: no pods/exec, no nodes, no cluster-wide RBAC, no
     // cluster-wide leases.
     for (group, resource) in [
         ("", "pods/exec"),

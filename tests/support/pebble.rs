@@ -16,6 +16,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct Pebble {
+    /// Where the ACME directory listens (127.0.0.1, or the cluster's node IP for pods).
+    pub ip: String,
     pub port: u16,
     pub management_port: u16,
     pub dns_port: u16,
@@ -42,8 +44,12 @@ pub fn free_port() -> u16 {
 }
 
 fn wait_port(port: u16, what: &str) {
+    wait_port_at("127.0.0.1", port, what)
+}
+
+fn wait_port_at(ip: &str, port: u16, what: &str) {
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((ip, port)).is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{what} did not listen on {port}"
@@ -55,6 +61,12 @@ fn wait_port(port: u16, what: &str) {
 impl Pebble {
     /// Starts Pebble validating HTTP-01 on 127.0.0.1:`http_port`.
     pub fn start(http_port: u16) -> Pebble {
+        Pebble::start_at("127.0.0.1", http_port)
+    }
+
+    /// Starts Pebble with its ACME directory on `ip` (e.g. the node IP pods reach the host
+    /// at), validating HTTP-01 on 127.0.0.1:`http_port` (every test domain resolves there).
+    pub fn start_at(ip: &str, http_port: u16) -> Pebble {
         assert!(
             std::path::Path::new("/usr/bin/pebble").exists(),
             "pebble is not installed: apt-get install pebble (.ci/setup does)"
@@ -68,6 +80,7 @@ impl Pebble {
         params.subject_alt_names = vec![
             rcgen::SanType::DnsName("localhost".try_into().unwrap()),
             rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            rcgen::SanType::IpAddress(ip.parse().unwrap()),
         ];
         let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).unwrap();
         let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, &ca_key).unwrap();
@@ -82,7 +95,7 @@ impl Pebble {
         let dns_port = free_port();
         let tls_port = free_port();
         let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{port}"),
+            "listenAddress": format!("{ip}:{port}"),
             "managementListenAddress": format!("127.0.0.1:{management_port}"),
             "certificate": cert_path, "privateKey": key_path,
             "httpPort": http_port, "tlsPort": tls_port,
@@ -90,6 +103,7 @@ impl Pebble {
         }});
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
         let mut p = Pebble {
+            ip: ip.to_string(),
             port,
             management_port,
             dns_port,
@@ -134,7 +148,7 @@ impl Pebble {
             .spawn()
             .expect("pebble starts");
         self.pebble = Some(child);
-        wait_port(self.port, "pebble");
+        wait_port_at(&self.ip, self.port, "pebble");
         wait_port(self.management_port, "pebble management");
     }
 
@@ -147,7 +161,7 @@ impl Pebble {
     }
 
     pub fn directory(&self) -> String {
-        format!("https://127.0.0.1:{}/dir", self.port)
+        format!("https://{}:{}/dir", self.ip, self.port)
     }
 
     /// A file with the CA of Pebble's HTTPS certificate (for `--acme-ca-bundle`).

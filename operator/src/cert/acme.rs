@@ -136,6 +136,21 @@ pub enum SelfCheck {
     Off,
 }
 
+/// Publishes the route to a challenge answer where the CA will look for it (on Kubernetes, the
+/// solver Service and Ingress rule) and removes it once the order is finalised or failed.
+pub trait Presenter: Send + Sync + std::fmt::Debug {
+    /// Routes `http://<domain>/.well-known/acme-challenge/<token>` to berth's answer; returns
+    /// the address the self-check should connect to, when the presenter knows a better one
+    /// than the domain's DNS (a Service's ClusterIP).
+    fn present<'a>(
+        &'a self,
+        domain: &'a str,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<SocketAddr>, CertError>>;
+    /// Removes every route `present` made (best effort: failures are logged).
+    fn cleanup(&self) -> futures::future::BoxFuture<'_, ()>;
+}
+
 /// One ACME issuance.
 pub struct AcmeRequest<'a> {
     pub server: &'a str,
@@ -151,6 +166,9 @@ pub struct AcmeRequest<'a> {
     pub self_check: SelfCheck,
     /// How long to wait for the CA to validate and issue.
     pub timeout: Duration,
+    /// Routes challenges to berth's answer before the self-check (none: the caller's proxy
+    /// already forwards the challenge path).
+    pub presenter: Option<&'a dyn Presenter>,
 }
 
 impl AcmeRequest<'_> {
@@ -165,6 +183,7 @@ impl AcmeRequest<'_> {
             tokens: self.tokens,
             self_check: self.self_check.clone(),
             timeout: self.timeout,
+            presenter: self.presenter,
         }
     }
 }
@@ -361,7 +380,14 @@ pub async fn issue(req: &AcmeRequest<'_>) -> Result<AcmeOutcome, CertError> {
             let ka = ch.key_authorization();
             req.tokens.insert(&ch.token, ka.as_str());
             presented.push(ch.token.clone());
-            self_check(&domain, &ch.token, ka.as_str(), &req.self_check).await?;
+            let mut how = req.self_check.clone();
+            if let Some(p) = req.presenter {
+                let via = p.present(&domain, &ch.token).await?;
+                if let (SelfCheck::Dns, Some(addr)) = (&how, via) {
+                    how = SelfCheck::Via(addr);
+                }
+            }
+            self_check(&domain, &ch.token, ka.as_str(), &how).await?;
             ch.set_ready().await.map_err(&err)?;
         }
         let retry = RetryPolicy::new().timeout(req.timeout);
@@ -378,6 +404,9 @@ pub async fn issue(req: &AcmeRequest<'_>) -> Result<AcmeOutcome, CertError> {
     .await;
     for t in &presented {
         req.tokens.remove(t);
+    }
+    if let (Some(p), false) = (req.presenter, presented.is_empty()) {
+        p.cleanup().await;
     }
     let chain = result?;
     Ok(AcmeOutcome {

@@ -50,6 +50,8 @@ pub enum CertError {
     Acme { server: String, detail: String },
     #[error("the ACME server rejected the order: {0}")]
     AcmeRejected(String),
+    #[error("the Kubernetes API failed {doing}: {detail}; check that the pod reaches the API server and the ServiceAccount of the renewal Job (berth makes `<certificate>-renew` with a Role for exactly this)")]
+    Api { doing: String, detail: String },
     #[error("I/O error while {doing}: {source}")]
     Io {
         doing: String,
@@ -68,6 +70,7 @@ impl CertError {
             CertError::ChallengeUnreachable { .. } => "ChallengeUnreachable",
             CertError::Acme { .. } => "AcmeUnavailable",
             CertError::AcmeRejected(_) => "AcmeRejected",
+            CertError::Api { .. } => "APIError",
             CertError::Io { .. } => "IOError",
         }
     }

@@ -1,6 +1,8 @@
 //! `berth cert renew|status`: the certificate engine on the command line, over a state dir
 //! (`<dir>/<secretName>/tls.crt|tls.key|ca.crt|status.json`). The Docker host's scheduler runs
 //! the same rounds; `renew` renews only what is due (or named by `--renew-now`).
+//! `berth cert renew --kube --namespace NS --name NAME` runs the same round against the
+//! Kubernetes API (what the ACME renewal Jobs run, in-cluster).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::exit;
 use crate::cert::acme::{http01_router, SelfCheck};
 use crate::cert::files::{certificates_of, FileStore, ManifestCert};
-use crate::cert::run::{run as run_round, RunOptions};
+use crate::cert::kube::renew::{renew as kube_renew, KubeRenew};
+use crate::cert::run::{run as run_round, RunOptions, RunResult};
 use crate::cert::timing::Decision;
 
 #[derive(Debug, Args)]
@@ -37,12 +40,14 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Manifest files or folders with Certificates (and AppStacks with tls.issuer).
-    #[arg(short = 'f', long = "file", required = true)]
+    /// Manifest files or folders with Certificates (and AppStacks with tls.issuer); required
+    /// without --kube.
+    #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
-    /// The state dir holding one folder per certificate (created 0700, files 0600).
+    /// The state dir holding one folder per certificate (created 0700, files 0600); required
+    /// without --kube.
     #[arg(long)]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
     /// Only this Certificate.
     #[arg(long)]
     pub name: Option<String>,
@@ -64,9 +69,24 @@ pub struct RenewArgs {
     /// /.well-known/acme-challenge/ to it).
     #[arg(long, default_value = "0.0.0.0:8089")]
     pub http01_listen: SocketAddr,
-    /// Self-check the challenge through this address instead of the domain's DNS ("off" skips it).
+    /// Self-check the challenge through this address instead of the domain's DNS (with --kube:
+    /// instead of the solver Service's ClusterIP; "off" skips it).
     #[arg(long, value_name = "ADDR|off")]
     pub self_check_via: Option<String>,
+    /// Renew the Certificate --name of --namespace through the Kubernetes API (in-cluster or
+    /// KUBECONFIG): its TLS Secret, ACME account Secret and status; HTTP-01 is served here
+    /// behind a temporary Service and Ingress.
+    #[arg(long)]
+    pub kube: bool,
+    /// The Certificate's namespace (with --kube; default: POD_NAMESPACE, else "default").
+    #[arg(long, requires = "kube")]
+    pub namespace: Option<String>,
+    /// ingressClassName of the solver Ingress (with --kube).
+    #[arg(long, requires = "kube")]
+    pub ingress_class: Option<String>,
+    /// Issue now whatever the timing says (the Job the controller starts at once).
+    #[arg(long)]
+    pub now: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +120,18 @@ pub fn run(args: CertArgs) -> u8 {
     }
 }
 
+fn dir(c: &Common) -> Result<&std::path::Path, u8> {
+    c.dir.as_deref().ok_or_else(|| {
+        eprintln!("berth cert: --dir is required (the state dir), or --kube");
+        exit::USAGE
+    })
+}
+
 fn load(c: &Common) -> Result<Vec<ManifestCert>, u8> {
+    if c.files.is_empty() {
+        eprintln!("berth cert: -f/--file is required (manifests with Certificates), or --kube");
+        return Err(exit::USAGE);
+    }
     let docs = crate::manifest::load_paths(&c.files).map_err(|e| {
         eprintln!("berth cert: {e}");
         exit::USAGE
@@ -128,10 +159,6 @@ fn load(c: &Common) -> Result<Vec<ManifestCert>, u8> {
 }
 
 async fn renew(a: RenewArgs) -> u8 {
-    let certs = match load(&a.common) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     let self_check = match a.self_check_via.as_deref() {
         None => SelfCheck::Dns,
         Some("off") => SelfCheck::Off,
@@ -148,23 +175,26 @@ async fn renew(a: RenewArgs) -> u8 {
         acme_server_root: a.acme_ca_bundle.clone(),
         self_check,
         acme_timeout: Some(Duration::from_secs(120)),
+        issue_now: a.now,
         ..RunOptions::default()
+    };
+    if a.kube {
+        return renew_kube(&a, opts).await;
+    }
+    let certs = match load(&a.common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let root = match dir(&a.common) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     // The HTTP-01 answers are served only while ACME certificates are being issued.
     let mut server = None;
     if certs.iter().any(|m| m.spec.issuer.acme.is_some()) {
-        match tokio::net::TcpListener::bind(a.http01_listen).await {
-            Ok(l) => {
-                let app = http01_router(opts.tokens.clone());
-                server = Some(tokio::spawn(async move { axum::serve(l, app).await }));
-            }
-            Err(e) => {
-                eprintln!(
-                    "berth cert renew: cannot listen on {} for HTTP-01: {e}",
-                    a.http01_listen
-                );
-                return exit::USAGE;
-            }
+        match serve_http01(a.http01_listen, &opts).await {
+            Ok(s) => server = Some(s),
+            Err(code) => return code,
         }
     }
     let mut code = exit::OK;
@@ -176,36 +206,12 @@ async fn renew(a: RenewArgs) -> u8 {
             renew_now: a.renew_now.clone().or_else(|| m.renew_now.clone()),
             ..opts.clone()
         };
-        match run_round(&a.common.dir, spec, generation, &opts, chrono::Utc::now()).await {
+        match run_round(root, spec, generation, &opts, chrono::Utc::now()).await {
             Ok(r) => {
-                let failed = matches!(r.decision, Decision::Issue(_)) && !r.stored_new;
+                let (what, failed) = describe(&r);
                 if failed {
                     code = exit::INVALID;
                 }
-                let what = match (r.decision, r.stored_new) {
-                    (Decision::Issue(reason), true) => format!("issued ({})", reason.reason()),
-                    (Decision::Issue(reason), false) => format!("failed ({})", reason.reason()),
-                    (
-                        Decision::Wait {
-                            until,
-                            backing_off: None,
-                        },
-                        _,
-                    ) => format!(
-                        "not due before {}",
-                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    (
-                        Decision::Wait {
-                            until,
-                            backing_off: Some(_),
-                        },
-                        _,
-                    ) => format!(
-                        "backing off until {}",
-                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                };
                 out.push((name.clone(), what, r.status));
             }
             Err(e) => {
@@ -221,6 +227,94 @@ async fn renew(a: RenewArgs) -> u8 {
     code
 }
 
+/// Serves HTTP-01 answers from `opts.tokens` on `listen` until aborted.
+async fn serve_http01(
+    listen: SocketAddr,
+    opts: &RunOptions,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, u8> {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            let app = http01_router(opts.tokens.clone());
+            Ok(tokio::spawn(async move { axum::serve(l, app).await }))
+        }
+        Err(e) => {
+            eprintln!("berth cert renew: cannot listen on {listen} for HTTP-01: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// `berth cert renew --kube`: one round for one Certificate through the API.
+async fn renew_kube(a: &RenewArgs, opts: RunOptions) -> u8 {
+    let Some(name) = a.common.name.clone() else {
+        eprintln!("berth cert renew --kube: --name is required (the Certificate)");
+        return exit::USAGE;
+    };
+    let ns = a
+        .namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "berth cert renew --kube: no Kubernetes API ({e}); run in a pod or set KUBECONFIG"
+            );
+            return exit::USAGE;
+        }
+    };
+    let server = match serve_http01(a.http01_listen, &opts).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let how = KubeRenew {
+        opts,
+        ingress_class: a.ingress_class.clone(),
+    };
+    let result = kube_renew(client, &ns, &name, &how).await;
+    server.abort();
+    match result {
+        Ok(r) => {
+            let (what, failed) = describe(&r);
+            print(a.common.output, &[(name, what, r.status)]);
+            if failed {
+                exit::INVALID
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => {
+            eprintln!("berth cert renew --kube: {ns}/{name}: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// What a round did, and whether it was a failed attempt.
+fn describe(r: &RunResult) -> (String, bool) {
+    let at =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match (r.decision, r.stored_new) {
+        (Decision::Issue(reason), true) => (format!("issued ({})", reason.reason()), false),
+        (Decision::Issue(reason), false) => (format!("failed ({})", reason.reason()), true),
+        (
+            Decision::Wait {
+                until,
+                backing_off: None,
+            },
+            _,
+        ) => (format!("not due before {}", at(&until)), false),
+        (
+            Decision::Wait {
+                until,
+                backing_off: Some(_),
+            },
+            _,
+        ) => (format!("backing off until {}", at(&until)), false),
+    }
+}
+
 fn status(a: StatusArgs) -> u8 {
     let certs = match load(&a.common) {
         Ok(c) => c,
@@ -229,7 +323,10 @@ fn status(a: StatusArgs) -> u8 {
     let mut out = Vec::new();
     for m in &certs {
         let (name, spec) = (&m.name, &m.spec);
-        let store = FileStore::new(&a.common.dir, &spec.secret_name);
+        let store = match dir(&a.common) {
+            Ok(root) => FileStore::new(root, &spec.secret_name),
+            Err(code) => return code,
+        };
         match store.load_status() {
             Ok(st) => out.push((name.clone(), String::new(), st.unwrap_or_default())),
             Err(e) => {

@@ -487,10 +487,14 @@ async fn run_controllers(
     spawn_controller(
         &mut controllers,
         "Certificate",
-        crate::cert::kube::controller::run(
-            client.clone(),
+        crate::cert::kube::controller::run_with(
+            {
+                let mut ctx =
+                    crate::cert::kube::controller::Context::new(client.clone(), cert_metrics);
+                ctx.jobs.ingress_class = Some(args.ingress_class.clone());
+                ctx
+            },
             args.namespace.clone(),
-            cert_metrics,
             work.clone(),
         ),
     );

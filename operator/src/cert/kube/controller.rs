@@ -12,7 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -27,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use super::{
-    ca_pair, is_acme, now_job, renew_now, renewal_cron_job, stored, tls_secret, CERT_LABEL,
+    ca_pair, is_acme, now_job, rbac, renew_now, renewal_cron_job, stored, tls_secret, JobSettings,
+    CERT_LABEL,
 };
 use crate::api::{Certificate, CertificateStatus};
 use crate::cert::round::{self, CaPair};
@@ -100,10 +102,11 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// The berth image ACME renewal Jobs run.
-    pub image: String,
-    /// The ServiceAccount ACME renewal Jobs run as (`BERTH_CERT_SERVICE_ACCOUNT`).
-    pub service_account: Option<String>,
+    /// What ACME renewal Jobs run: the image (`BERTH_IMAGE`), the account
+    /// (`BERTH_CERT_SERVICE_ACCOUNT`; unset: one per Certificate, made here), the solver's
+    /// ingress class (the operator's `--ingress-class`) and a ConfigMap with the ACME server's
+    /// CA (`BERTH_ACME_CA_CONFIGMAP`).
+    pub jobs: JobSettings,
 }
 
 impl Context {
@@ -119,9 +122,17 @@ impl Context {
             client,
             metrics,
             recorder,
-            image: std::env::var("BERTH_IMAGE")
-                .unwrap_or_else(|_| crate::backup::kube::controller::DEFAULT_IMAGE.to_string()),
-            service_account: std::env::var("BERTH_CERT_SERVICE_ACCOUNT").ok(),
+            jobs: JobSettings {
+                image: std::env::var("BERTH_IMAGE")
+                    .unwrap_or_else(|_| crate::backup::kube::controller::DEFAULT_IMAGE.to_string()),
+                service_account: std::env::var("BERTH_CERT_SERVICE_ACCOUNT")
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+                ingress_class: None,
+                acme_ca_config_map: std::env::var("BERTH_ACME_CA_CONFIGMAP")
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+            },
         }
     }
 }
@@ -133,6 +144,16 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_with(Context::new(client, metrics), namespace, shutdown).await
+}
+
+/// [`run`] with a prepared context.
+pub async fn run_with(
+    ctx: Context,
+    namespace: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = ctx.client.clone();
     let (certs, secrets, cron_jobs, jobs): (Api<Certificate>, Api<Secret>, Api<CronJob>, Api<Job>) =
         match &namespace {
             Some(ns) => (
@@ -148,7 +169,7 @@ pub async fn run(
                 Api::all(client.clone()),
             ),
         };
-    let ctx = Arc::new(Context::new(client, metrics));
+    let ctx = Arc::new(ctx);
     let labelled = watcher::Config::default().labels(CERT_LABEL);
     let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
         let (name, ns) = o();
@@ -227,8 +248,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     };
 
     if is_acme(&cert) {
-        let sa = ctx.service_account.as_deref();
-        let cj = renewal_cron_job(&cert, &ctx.image, sa);
+        if ctx.jobs.service_account.is_none() {
+            apply_renewer_account(client, &ns, &cert).await?;
+        }
+        let cj = renewal_cron_job(&cert, &ctx.jobs);
         let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
         cron_jobs
             .patch(&cj.name_any(), &apply, &Patch::Apply(&cj))
@@ -241,10 +264,16 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 | DueReason::Invalid
                 | DueReason::NamesChanged),
             ) => {
-                let value = renew_now
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("{}-{}", reason.reason(), generation.unwrap_or(0)));
-                let job = now_job(&cert, &ctx.image, sa, &value);
+                // One Job per value (created once); after a failed attempt's backoff, a new one.
+                let value = renew_now.map(str::to_string).unwrap_or_else(|| {
+                    format!(
+                        "{}-{}-{}",
+                        reason.reason(),
+                        generation.unwrap_or(0),
+                        previous.as_ref().map(|p| p.failed_attempts).unwrap_or(0)
+                    )
+                });
+                let job = now_job(&cert, &ctx.jobs, &value);
                 let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(j) => info!(job = %j.name_any(), "issuance job started"),
@@ -400,6 +429,26 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         "failed"
     });
     Ok(Action::requeue(RESYNC))
+}
+
+/// The ServiceAccount, Role and RoleBinding the renewal Jobs of `cert` run as (server-side
+/// apply, owned by the Certificate).
+async fn apply_renewer_account(client: &Client, ns: &str, cert: &Certificate) -> Result<(), Error> {
+    let apply = PatchParams::apply(MANAGER).force();
+    let name = rbac::account_name(cert);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts
+        .patch(&name, &apply, &Patch::Apply(&rbac::service_account(cert)))
+        .await?;
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .patch(&name, &apply, &Patch::Apply(&rbac::role(cert)))
+        .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings
+        .patch(&name, &apply, &Patch::Apply(&rbac::role_binding(cert)))
+        .await?;
+    Ok(())
 }
 
 /// Marks a status as blocked on something the user must create (not an issuance failure).
