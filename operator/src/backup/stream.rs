@@ -20,9 +20,16 @@ pub const CHUNK: usize = 256 * 1024;
 /// The most zstd worker threads one backup uses.
 pub const ZSTD_MAX_WORKERS: usize = 4;
 
-/// zstd's worker threads for this machine: its cores, at most [`ZSTD_MAX_WORKERS`], at least 1
+/// zstd's worker threads: `BERTH_ZSTD_WORKERS` when set (0: compress on the task's own thread,
+/// as before; at most 16), else the machine's cores, at most [`ZSTD_MAX_WORKERS`], at least 1
 /// (compression then still runs off the thread that reads, hashes and writes).
 pub fn zstd_workers() -> u32 {
+    if let Some(n) = std::env::var("BERTH_ZSTD_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        return n.min(16);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.clamp(1, ZSTD_MAX_WORKERS) as u32
 }
@@ -47,11 +54,14 @@ pub fn compressor<'a, R: AsyncRead + Send + Unpin + 'a>(
     let buffered = BufReader::with_capacity(CHUNK, src);
     match compression {
         // Level 3 (zstd's default, as `zstd -3`), multi-threaded.
-        Compression::Zstd => Box::pin(ZstdEncoder::with_quality_and_params(
-            buffered,
-            Level::Default,
-            &[CParameter::nb_workers(zstd_workers())],
-        )),
+        Compression::Zstd => match zstd_workers() {
+            0 => Box::pin(ZstdEncoder::new(buffered)),
+            n => Box::pin(ZstdEncoder::with_quality_and_params(
+                buffered,
+                Level::Default,
+                &[CParameter::nb_workers(n)],
+            )),
+        },
         Compression::Gzip => Box::pin(GzipEncoder::new(buffered)),
         Compression::None => Box::pin(buffered),
     }
