@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BERTH := target/debug/berth
 
-.PHONY: build test check lint fmt crds docs check-generated clean
+.PHONY: build test check lint fmt crds docs check-generated clean bench
 
 build:
 	$(CARGO) build --all-targets
@@ -141,3 +141,7 @@ image:
 	  --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):dev $(IMAGE_CTX) >/dev/null
 	@docker image inspect -f '{{.Size}}' $(IMAGE):dev | \
 	  awk '{printf "built $(IMAGE):$(VERSION) and $(IMAGE):dev: %.1f MB\n", $$1/1e6}'
+
+## Every benchmark, one after the other (figures in docs/performance.md). Add new bench-*
+## targets to this list.
+bench: bench-plan bench-autoscale bench-backup bench-docker bench-cert

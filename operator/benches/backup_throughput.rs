@@ -1,8 +1,10 @@
 //! `make bench-backup`: throughput of `berth backup run` on a database of about 1 GB next to
 //! `pg_dump | zstd > file` in the same run, and berth's peak memory.
 //!
-//! Env: BENCH_ROWS (default 3,600,000 rows ≈ 1 GB on disk). Needs PostgreSQL (server and
-//! client), zstd and /usr/bin/time (GNU time), all installed by .ci/run.
+//! Env: BENCH_ROWS (default 3,600,000 rows ≈ 1 GB on disk), BENCH_REPEAT (rounds, default 3:
+//! the best of each side is compared), BENCH_SINGLE=1 (also berth with zstd on its own thread,
+//! `BERTH_ZSTD_WORKERS=0`). Prints where berth's time goes (streaming vs start/connect). Needs
+//! PostgreSQL (server and client), zstd and /usr/bin/time (GNU time), all installed by .ci/run.
 
 #[path = "../../tests/support/postgres.rs"]
 mod postgres;
@@ -13,6 +15,8 @@ use std::time::Instant;
 
 struct Measured {
     seconds: f64,
+    /// berth: the manifest's duration (dump → compressed, hashed, published).
+    streamed: f64,
     max_rss_kb: u64,
     bytes: u64,
 }
@@ -52,6 +56,7 @@ fn timed(what: &str, cmd: Command, out_file: &Path) -> Measured {
     let bytes = std::fs::metadata(out_file).map(|m| m.len()).unwrap_or(0);
     Measured {
         seconds,
+        streamed: 0.0,
         max_rss_kb,
         bytes,
     }
@@ -77,6 +82,9 @@ fn main() {
              FROM generate_series(1, {rows}) g;"
         ),
     );
+    // Hint bits and visibility set once, so that the first dump does not pay for them.
+    pg.sql("bench", "VACUUM (FREEZE, ANALYZE) events");
+    pg.sql("bench", "CHECKPOINT");
     let db_bytes: u64 = pg
         .sql("bench", "SELECT pg_database_size('bench')")
         .parse()
@@ -92,33 +100,90 @@ fn main() {
 
     // Baseline: what the seeds' cron line does.
     let base_file = dir.path().join("baseline.dump.zst");
-    let mut base = Command::new("bash");
-    base.arg("-c")
-        .arg(format!(
-            "set -o pipefail; pg_dump --format=custom --compress=0 --no-password --dbname='{}' | zstd -q -3 -o '{}'",
-            url.replace(postgres::PASSWORD, ""),
-            base_file.display()
-        ))
-        .env("PGPASSWORD", postgres::PASSWORD);
-    let b = timed("pg_dump | zstd", base, &base_file);
-
+    let baseline = || {
+        let _ = std::fs::remove_file(&base_file);
+        let mut base = Command::new("bash");
+        base.arg("-c")
+            .arg(format!(
+                "set -o pipefail; pg_dump --format=custom --compress=0 --no-password --dbname='{}' | zstd -q -3 -o '{}'",
+                url.replace(postgres::PASSWORD, ""),
+                base_file.display()
+            ))
+            .env("PGPASSWORD", postgres::PASSWORD);
+        timed("pg_dump | zstd", base, &base_file)
+    };
     let out_dir = dir.path().join("berth");
-    let mut berth = Command::new(env!("CARGO_BIN_EXE_berth"));
-    berth
-        .args([
-            "backup",
-            "run",
-            "--format",
-            "custom",
-            "--compression",
-            "zstd",
-            "--to",
-        ])
-        .arg(&out_dir)
-        .env("DATABASE_URL", &url)
-        .env("RUST_LOG", "warn");
     let stats_anchor = dir.path().join("berth.out");
-    let m = timed("berth backup run", berth, &stats_anchor);
+    // `workers`: BERTH_ZSTD_WORKERS for this run (None: berth's default).
+    let berth_run = |workers: Option<&str>| {
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let mut berth = Command::new(env!("CARGO_BIN_EXE_berth"));
+        berth
+            .args([
+                "backup",
+                "run",
+                "--format",
+                "custom",
+                "--compression",
+                "zstd",
+                "--to",
+            ])
+            .arg(&out_dir)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn");
+        if let Some(w) = workers {
+            berth.env("BERTH_ZSTD_WORKERS", w);
+        }
+        let mut m = timed("berth backup run", berth, &stats_anchor);
+        // Where berth's time goes: the manifest's duration is dump → compressed, hashed,
+        // published; the rest is the process start, the connection check and the listing.
+        m.streamed = std::fs::read_dir(&out_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .find_map(|v| v["durationSeconds"].as_f64())
+            .unwrap_or(0.0);
+        m
+    };
+    // Rounds of baseline, berth (and berth with zstd on its own thread, BENCH_SINGLE=1) one
+    // after the other; the best of each is compared (the machine is shared).
+    let rounds: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let single = std::env::var("BENCH_SINGLE").is_ok_and(|v| v == "1");
+    let best = |a: Option<Measured>, b: Measured| match a {
+        Some(a) if a.seconds <= b.seconds => Some(a),
+        _ => Some(b),
+    };
+    let (mut b, mut m, mut s1) = (None, None, None);
+    for round in 1..=rounds {
+        let rb = baseline();
+        print!("round {round}: pg_dump | zstd {:.1}s", rb.seconds);
+        if single {
+            let rs = berth_run(Some("0"));
+            print!(", berth with zstd on its thread {:.1}s", rs.seconds);
+            s1 = best(s1, rs);
+        }
+        // The last berth run's files stay for the size and the manifest below.
+        let rm = berth_run(None);
+        println!(", berth {:.1}s", rm.seconds);
+        b = best(b, rb);
+        m = best(m, rm);
+    }
+    let (b, m) = (b.expect("one round"), m.expect("one round"));
+    if let Some(s) = s1 {
+        println!(
+            "berth, zstd on its thread: {:7.1}s  {:7.1} MB/s  peak RSS {:.1} MB",
+            s.seconds,
+            db_bytes as f64 / 1e6 / s.seconds,
+            s.max_rss_kb as f64 / 1024.0
+        );
+    }
     let berth_bytes: u64 = std::fs::read_dir(&out_dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -143,6 +208,12 @@ fn main() {
         mbps(m.seconds),
         berth_bytes as f64 / 1e6,
         m.max_rss_kb as f64 / 1024.0
+    );
+    println!(
+        "berth phases             : dump+compress+hash+publish {:.1}s, start/connect/list {:.1}s ({} zstd worker threads)",
+        m.streamed,
+        (m.seconds - m.streamed).max(0.0),
+        berth::backup::stream::zstd_workers()
     );
     println!(
         "ratio berth / baseline   : {:.2} (throughput {:.2})",

@@ -3,14 +3,17 @@
 //! started after the database and cache are healthy) and nginx in front, all from the
 //! berth-demo images. Prints, for each: time to converge from empty, time to recover a killed
 //! api container, and failed requests through the proxy during an image update under load;
-//! then the ratios. `make bench-docker`.
+//! then the ratios. Before them, where the converge time goes: a timeline of when each
+//! component's container appeared and when it was ready (berth: its own status; compose: Docker's
+//! health), polled every [`TIMELINE_EVERY`]. `make bench-docker`.
 
 #[path = "../../tests/support/docker_host.rs"]
 mod docker_host;
 
+use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use docker_host::*;
@@ -18,6 +21,78 @@ use docker_host::*;
 const LIMIT: Duration = Duration::from_secs(180);
 const LOAD_CONNECTIONS: usize = 6;
 const RECOVER_LIMIT: Duration = Duration::from_secs(60);
+const TIMELINE_EVERY: Duration = Duration::from_millis(200);
+
+/// Per component: seconds from the start until its container was first seen, and until it was
+/// first ready.
+type Phases = BTreeMap<String, (Option<f64>, Option<f64>)>;
+
+/// Polls `sample` (component, ready) every [`TIMELINE_EVERY`] on a thread until stopped.
+struct Timeline {
+    phases: Arc<Mutex<Phases>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Timeline {
+    fn start(start: Instant, sample: impl Fn() -> Vec<(String, bool)> + Send + 'static) -> Self {
+        let phases = Arc::new(Mutex::new(Phases::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (phases.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let now = start.elapsed().as_secs_f64();
+                for (component, ready) in sample() {
+                    let mut p = p.lock().unwrap();
+                    let e = p.entry(component).or_default();
+                    e.0.get_or_insert(now);
+                    if ready {
+                        e.1.get_or_insert(now);
+                    }
+                }
+                std::thread::sleep(TIMELINE_EVERY);
+            }
+        });
+        Timeline {
+            phases,
+            stop,
+            thread,
+        }
+    }
+
+    fn finish(self) -> Phases {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
+        let p = self.phases.lock().unwrap().clone();
+        p
+    }
+}
+
+/// `docker ps` names and statuses of the containers whose name contains `filter`.
+fn ps(filter: &str) -> Vec<(String, String)> {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name={filter}"),
+        "--format",
+        "{{.Names}}\t{{.Status}}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect()
+}
+
+fn print_timeline(who: &str, phases: &Phases, served: Duration) {
+    let at = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.1}s"));
+    let mut parts: Vec<String> = phases
+        .iter()
+        .map(|(c, (seen, ready))| format!("{c} created {} ready {}", at(*seen), at(*ready)))
+        .collect();
+    parts.push(format!("served ok {:.1}s", served.as_secs_f64()));
+    println!("{who:<15} timeline: {}", parts.join(" | "));
+}
 
 /// Time until `/health` answers 200 again, if within [`RECOVER_LIMIT`].
 async fn recovery(addr: &str, domain: &str) -> Option<Duration> {
@@ -38,6 +113,7 @@ struct Figures {
     recover: Option<Duration>,
     update_ok: usize,
     update_failed: usize,
+    timeline: Phases,
 }
 
 async fn until_ok(addr: &str, domain: &str, path: &str) -> Duration {
@@ -126,8 +202,45 @@ async fn berth_figures() -> Figures {
     let domain = format!("{s}.test");
     let mut f = Figures::default();
     t.write("stack.yaml", &berth_stack(&s, demo_images::API));
+    let start = Instant::now();
+    let timeline = {
+        let (state, s, instance) = (t.state.path().to_path_buf(), s.clone(), t.instance.clone());
+        Timeline::start(start, move || {
+            // Ready as berth decides it: its status, components[].readyReplicas.
+            let status = berth::docker::state::StateDir::open(&state)
+                .ok()
+                .map(|d| berth::docker::status::read_all(&d))
+                .unwrap_or_default()
+                .into_iter()
+                .find(|o| o.kind == "AppStack" && o.name == s)
+                .map(|o| o.status);
+            let ready = |component: &str| {
+                status.as_ref().is_some_and(|st| {
+                    st["components"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["name"] == component && c["readyReplicas"].as_i64() > Some(0)
+                        })
+                    })
+                })
+            };
+            ps(&instance)
+                .into_iter()
+                .filter_map(|(name, _)| {
+                    let component = if name.ends_with("-proxy") {
+                        "proxy".to_string()
+                    } else {
+                        let rest = name.strip_prefix(&format!("{s}-"))?;
+                        rest.rsplit_once('-')?.0.to_string()
+                    };
+                    let r = ready(&component);
+                    Some((component, r))
+                })
+                .collect()
+        })
+    };
     let mut berth = spawn_berth(&t);
     f.converge = until_ok(&t.http, &domain, "/").await;
+    f.timeline = timeline.finish();
 
     let api = t.group(&format!("{s}-api"))[0].name.clone();
     docker_ok(&["kill", &api]);
@@ -247,9 +360,24 @@ async fn compose_figures() -> Figures {
     .unwrap();
     let mut f = Figures::default();
     let start = Instant::now();
+    let timeline = {
+        let prefix = format!("{project}_");
+        Timeline::start(start, move || {
+            ps(&prefix)
+                .into_iter()
+                .filter_map(|(name, status)| {
+                    let component = name.strip_prefix(&prefix)?.rsplit_once('_')?.0.to_string();
+                    let ready = status.contains("(healthy)")
+                        || (status.starts_with("Up") && !status.contains("health"));
+                    Some((component, ready))
+                })
+                .collect()
+        })
+    };
     compose(dir.path(), &project, &["up", "-d"]);
     until_ok(&addr, "compose.test", "/").await;
     f.converge = start.elapsed();
+    f.timeline = timeline.finish();
 
     docker_ok(&["kill", &format!("{project}_api_1")]);
     f.recover = recovery(&addr, "compose.test").await;
@@ -309,6 +437,8 @@ fn main() {
         demo_images::ensure_built();
         let b = berth_figures().await;
         let c = compose_figures().await;
+        print_timeline("berth", &b.timeline, b.converge);
+        print_timeline("docker-compose", &c.timeline, c.converge);
         println!(
             "{:<44} {:>12} {:>16} {:>10}",
             "", "berth", "docker-compose", "ratio"

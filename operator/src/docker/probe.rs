@@ -3,6 +3,11 @@
 //! no wget, curl or nc, and the rolling update is gated on what berth saw, not on Docker's
 //! HEALTHCHECK (kept only for `exec` checks, which run a command inside the container anyway).
 //!
+//! `exec` checks (PostgreSQL's `pg_isready`, Redis' `redis-cli ping`) stay Docker's, whose first
+//! check comes one interval (10 s) after the start. While Docker still says `health: starting`,
+//! berth runs the same command itself with `docker exec` every [`EXEC_STARTING_EVERY`]: the
+//! replica is Ready from the first success, so what waits for it starts seconds earlier.
+//!
 //! [`ProbeState`] is the pure rule (start period, failure threshold); [`Prober`] keeps one
 //! background task per running container and wakes the host's loop when a verdict changes.
 
@@ -18,9 +23,12 @@ use tracing::{debug, info};
 use crate::plan::{Health as Timing, HealthCheckKind};
 
 use super::converge::Health;
+use super::engine::Engine;
 
 /// How often a replica that has never passed is checked (it is usually ready in a second).
-const STARTING_EVERY: Duration = Duration::from_secs(1);
+const STARTING_EVERY: Duration = Duration::from_millis(250);
+/// The same for `exec` checks run by berth while Docker's health is still starting.
+pub const EXEC_STARTING_EVERY: Duration = Duration::from_millis(500);
 
 /// The verdict on one replica from its checks so far.
 #[derive(Clone, Debug)]
@@ -66,10 +74,14 @@ impl ProbeState {
     /// When the next check is due after one.
     pub fn every(&self, t: &Timing) -> Duration {
         let interval = secs(t.interval_seconds.max(1));
+        let starting = match t.check {
+            HealthCheckKind::Exec { .. } => EXEC_STARTING_EVERY,
+            _ => STARTING_EVERY,
+        };
         if self.passed_once {
             interval
         } else {
-            interval.min(STARTING_EVERY)
+            interval.min(starting)
         }
     }
 }
@@ -95,6 +107,24 @@ pub fn probed_by_berth(check: &HealthCheckKind) -> bool {
         check,
         HealthCheckKind::Http { .. } | HealthCheckKind::Tcp { .. }
     )
+}
+
+/// `exec` checks are run by berth only while Docker's own health is still starting.
+pub fn exec_while_starting(check: &HealthCheckKind) -> bool {
+    matches!(check, HealthCheckKind::Exec { .. })
+}
+
+/// One check of a target: HTTP and TCP from here, `exec` through the engine.
+async fn check_target(t: &Target, engine: Option<&Engine>) -> bool {
+    let timeout = secs(t.timing.timeout_seconds.max(1));
+    match (&t.check, engine) {
+        (HealthCheckKind::Exec { command }, Some(engine)) => {
+            let cmd: Vec<&str> = command.iter().map(String::as_str).collect();
+            let run = engine.exec(&t.name, &cmd);
+            matches!(tokio::time::timeout(timeout, run).await, Ok(Ok((0, _))))
+        }
+        (kind, _) => check(&t.ip, kind, timeout).await,
+    }
 }
 
 /// One check: true when it passed within the timeout.
@@ -140,24 +170,29 @@ struct Entry {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The background checks of every running container that has an HTTP or TCP check.
+/// The background checks of every running container that has an HTTP or TCP check, and of
+/// starting containers with an `exec` check.
 pub struct Prober {
     entries: Mutex<HashMap<String, Entry>>,
     wake: mpsc::UnboundedSender<()>,
+    /// Runs `exec` checks; without it they never pass (Docker's verdict stands alone).
+    engine: Option<Engine>,
 }
 
 impl Prober {
     /// `wake` is told when a verdict changes.
-    pub fn new(wake: mpsc::UnboundedSender<()>) -> Prober {
+    pub fn new(wake: mpsc::UnboundedSender<()>, engine: Option<Engine>) -> Prober {
         Prober {
             entries: Mutex::default(),
             wake,
+            engine,
         }
     }
 
     /// Checks exactly `targets` from now on, and returns the verdict on each. A container seen
     /// for the first time is checked once right away, so one that already serves (berth
-    /// restarted) is Ready at once and keeps its place in the proxy.
+    /// restarted) is Ready at once and keeps its place in the proxy (`exec` targets are
+    /// starting anyway: their first check comes after [`EXEC_STARTING_EVERY`]).
     pub async fn sync(&self, targets: Vec<Target>) -> HashMap<String, Health> {
         let fresh: Vec<Target> = {
             let Ok(mut entries) = self.entries.lock() else {
@@ -176,10 +211,13 @@ impl Prober {
                 .cloned()
                 .collect()
         };
+        let engine = self.engine.as_ref();
         let first = futures::future::join_all(fresh.iter().map(|t| async move {
-            let ok = check(&t.ip, &t.check, secs(t.timing.timeout_seconds.max(1))).await;
             let mut state = ProbeState::new(Instant::now());
-            state.record(ok, Instant::now(), &t.timing);
+            if !exec_while_starting(&t.check) {
+                let ok = check_target(t, engine).await;
+                state.record(ok, Instant::now(), &t.timing);
+            }
             (t.clone(), state)
         }))
         .await;
@@ -189,7 +227,12 @@ impl Prober {
         for (t, state) in first {
             debug!(container = %t.name, health = ?state.health, "checking health from berth");
             let state = Arc::new(Mutex::new(state));
-            let task = tokio::spawn(watch(t.clone(), state.clone(), self.wake.clone()));
+            let task = tokio::spawn(watch(
+                t.clone(),
+                state.clone(),
+                self.wake.clone(),
+                self.engine.clone(),
+            ));
             entries.insert(t.id.clone(), Entry { state, task });
         }
         entries
@@ -209,14 +252,19 @@ impl Drop for Prober {
     }
 }
 
-async fn watch(t: Target, state: Arc<Mutex<ProbeState>>, wake: mpsc::UnboundedSender<()>) {
+async fn watch(
+    t: Target,
+    state: Arc<Mutex<ProbeState>>,
+    wake: mpsc::UnboundedSender<()>,
+    engine: Option<Engine>,
+) {
     loop {
         let every = match state.lock() {
             Ok(s) => s.every(&t.timing),
             Err(_) => return,
         };
         tokio::time::sleep(every).await;
-        let ok = check(&t.ip, &t.check, secs(t.timing.timeout_seconds.max(1))).await;
+        let ok = check_target(&t, engine.as_ref()).await;
         let changed = match state.lock() {
             Ok(mut s) => s.record(ok, Instant::now(), &t.timing).then_some(s.health),
             Err(_) => return,
