@@ -21,15 +21,16 @@
 //!
 //! Converged means, for every object in the namespace (the examples and their children):
 //! - AppStack: Ready for its generation. A stack with `tls.issuer.acme` cannot be: its
-//!   Certificate needs Let's Encrypt (no internet here) and berth's `cert renew --kube` does not
-//!   exist yet (docs/certificates.md). For those, every component except the proxy is ready, and
-//!   Ready=False/ComponentsNotReady names the Certificate as the only thing missing.
-//! - Worker: Ready=True (ReplicasAvailable) for its generation.
+//!   Certificate needs Let's Encrypt, which nothing here may reach: its issuing Job runs the
+//!   stand-in image (ACME_JOB), not berth (tests/cert_k8s.rs issues ACME against Pebble). For
+//!   those, every component except the proxy is ready, and Ready=False/ReplicasNotReady names
+//!   the Certificate as the only thing missing.
+//! - Worker: Ready=True for its generation.
 //! - Backup: its CronJob exists with the example's schedule and suspend, observed generation
 //!   current, and Ready=Unknown/NoBackupYet: a Backup is Ready only after a backup ran
 //!   (tests/e2e_backup.rs).
-//! - Certificate: selfSigned and ca Ready=True; acme Ready=False with Issuing=True (the Job
-//!   that would reach the ACME server).
+//! - Certificate: selfSigned and ca Ready=True; acme Ready=False with Issuing=True (its Job
+//!   started, running the stand-in).
 //!
 //! examples/demo is not here: it uses `:latest` tags (pulled Always) and is run on real pods by
 //! tests/e2e_k8s.rs `e2e_demo_stack_runs_ready_then_idles_without_writes`.
@@ -58,6 +59,10 @@ use serde_json::{json, Value};
 use operator_ns::{apply_obj, repo_root};
 
 const STANDIN: &str = "berth-demo/standin:latest";
+/// What the examples' ACME Jobs run: the stand-in, so that no pod of this test ever tries to
+/// reach Let's Encrypt (the examples name the real ACME server; nothing here may leave the
+/// machine). Its Job keeps running, so such a Certificate stays Issuing.
+const ACME_JOB: &str = "berth-e2e/acme-job:e2e";
 const POSTGRES: &str = "berth-demo/postgres:latest";
 const REDIS: &str = "berth-demo/redis:latest";
 /// Every `resources.cpu` of the examples is divided by this.
@@ -201,6 +206,7 @@ fn stand_ins(docs: &[Doc]) -> BTreeMap<String, &'static str> {
         "redis:{}",
         berth::plan::wiring::DEFAULT_REDIS_VERSION
     ));
+    images.insert(ACME_JOB.to_string());
     images
         .into_iter()
         .map(|i| {
@@ -560,7 +566,7 @@ async fn verdicts(client: &Client, ns: &str) -> Verdicts {
         let ready = condition(&st.conditions, "Ready");
         let issuing = condition(&st.conditions, "Issuing");
         let v = if c.spec.issuer.acme.is_some() {
-            // Let's Encrypt is out of reach and `berth cert renew --kube` does not exist yet.
+            // Let's Encrypt is out of reach: the issuing Job runs the stand-in (ACME_JOB) and never ends.
             match (ready, issuing) {
                 (Some(r), Some(i))
                     if st.observed_generation == c.metadata.generation
@@ -625,7 +631,7 @@ fn stack_verdict(s: &AppStack) -> Result<String, String> {
             if not_ready.is_empty()
                 && proxy_waits
                 && r.status == "False"
-                && r.reason == "ComponentsNotReady" =>
+                && r.reason == berth::status::reason::NOT_READY =>
         {
             Ok(format!(
                 "all components ready but the proxy; {}",
@@ -683,7 +689,7 @@ async fn pods_waiting(client: &Client, ns: &str) -> Vec<String> {
 /// One group in its own namespace: applied, then converged within GROUP_DEADLINE.
 async fn run_group(group: String, docs: Vec<Doc>) {
     let test = format!("ex-{group}");
-    operator_ns::in_namespace_running(&test, true, |client, ns, _| async move {
+    operator_ns::in_namespace_running(&test, Some(ACME_JOB), |client, ns, _| async move {
         // Pods (a Worker waits for its queue's Redis) and the in-process Worker controller
         // both reach it at the node IP.
         let node_ip = std::env::var("BERTH_E2E_NODE_IP").unwrap_or_else(|_| "10.88.0.1".into());

@@ -113,11 +113,12 @@ where
     F: FnOnce(Client, String, OperatorMetrics) -> Fut,
     Fut: Future<Output = ()>,
 {
-    in_namespace_running(test, false, body).await
+    in_namespace_running(test, None, body).await
 }
 
-/// Like [`in_namespace_with`]; `certificates` also runs the Certificate controller.
-pub async fn in_namespace_running<F, Fut>(test: &str, certificates: bool, body: F)
+/// Like [`in_namespace_with`]; `acme_job_image: Some(image)` also runs the Certificate
+/// controller, its ACME Jobs running `image`.
+pub async fn in_namespace_running<F, Fut>(test: &str, acme_job_image: Option<&str>, body: F)
 where
     F: FnOnce(Client, String, OperatorMetrics) -> Fut,
     Fut: Future<Output = ()>,
@@ -153,11 +154,15 @@ where
         Arc::new(berth::backup::kube::controller::Metrics::default()),
         stop.clone(),
     ));
-    let certs = certificates.then(|| {
-        tokio::spawn(berth::cert::kube::controller::run(
+    let certs = acme_job_image.map(|image| {
+        let mut ctx = berth::cert::kube::controller::Context::new(
             operator.clone(),
-            Some(ns.clone()),
             Arc::new(berth::cert::kube::controller::Metrics::default()),
+        );
+        ctx.jobs.image = image.to_string();
+        tokio::spawn(berth::cert::kube::controller::run_with(
+            ctx,
+            Some(ns.clone()),
             stop.clone(),
         ))
     });

@@ -92,9 +92,7 @@ fn condition(
     // The transition time moves only when the status does, so an unchanged status is equal
     // to the previous one and is not written.
     let last = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
+        .and_then(|p| crate::status::kept_since(&p.conditions, type_, status))
         .unwrap_or_else(|| to_time(now));
     Condition {
         type_: type_.into(),

@@ -58,9 +58,7 @@ fn condition(
     let status = if status { "True" } else { "False" };
     // The transition time moves only when the status does.
     let last = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
+        .and_then(|p| crate::status::kept_since(&p.conditions, type_, status))
         .unwrap_or_else(|| time(now));
     Condition {
         type_: type_.into(),

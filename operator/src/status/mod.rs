@@ -122,6 +122,15 @@ impl Cond {
     }
 }
 
+/// The rule every kind keeps `lastTransitionTime` by: the time of the old condition of this
+/// type when its status is unchanged (so an unchanged status is equal and not written again),
+/// else none (the caller's now).
+pub fn kept_since(old: &[Condition], type_: &str, status: &str) -> Option<Time> {
+    old.iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+}
+
 /// Conditions from wanted ones, keeping `lastTransitionTime` where the status did not flip.
 pub fn conditions(
     old: &[Condition],
@@ -133,11 +142,7 @@ pub fn conditions(
         .iter()
         .map(|w| {
             let status = if w.ok { "True" } else { "False" };
-            let since = old
-                .iter()
-                .find(|c| c.type_ == w.type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
+            let since = kept_since(old, w.type_, status).unwrap_or(Time(now));
             Condition {
                 type_: w.type_.into(),
                 status: status.into(),
