@@ -85,6 +85,10 @@ pub struct OperatorArgs {
     /// verbs granted to this identity), print it, and exit non-zero when something is missing.
     #[arg(long)]
     pub check: bool,
+    /// Wake the autoscaler on Redis keyspace notifications (sets notify-keyspace-events;
+    /// polling only where CONFIG is refused). See docs/autoscaling.md.
+    #[arg(long, env = "BERTH_REDIS_KEYSPACE_NOTIFICATIONS")]
+    pub redis_keyspace_notifications: bool,
 }
 
 /// Why the operator stopped other than by a signal.
@@ -526,6 +530,7 @@ async fn run_controllers(
             worker_metrics,
             work.clone(),
             synced[1].1.clone(),
+            args.redis_keyspace_notifications,
         ),
     );
     spawn_controller(

@@ -386,6 +386,9 @@ impl ScaleTarget for HostTarget {
         let relay = lock(&self.relays).get(redis).cloned()?;
         Some(self.exec_relay(&relay, pipe).await)
     }
+    fn subscribable(&self, redis: &RedisTarget) -> bool {
+        !lock(&self.relays).contains_key(redis)
+    }
 }
 
 /// The autoscaler of a Docker host: replica source and after-pass hook of the reconcile loop.
