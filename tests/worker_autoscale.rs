@@ -211,6 +211,7 @@ async fn scales_on_depth_holds_through_an_outage_and_resumes() {
     let mut redis = RedisServer::start_with(Options {
         password: Some(PASSWORD.into()),
         tls: false,
+        ..Default::default()
     });
     let worker = worker_json(json!({"scaling": {
         "minReplicas": 0, "maxReplicas": 10, "jobsPerReplica": 5, "pollInterval": "200ms"}}));
@@ -412,6 +413,7 @@ async fn a_stack_worker_reads_the_stacks_redis() {
     let redis = RedisServer::start_with(Options {
         password: Some(PASSWORD.into()),
         tls: false,
+        ..Default::default()
     });
     let mut worker = worker_json(json!({"appStackRef": "shop",
         "scaling": {"maxReplicas": 4, "jobsPerReplica": 2, "pollInterval": "200ms"}}));

@@ -15,6 +15,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     tls: Option<TlsFiles>,
+    args: Vec<String>,
 }
 
 struct TlsFiles {
@@ -28,6 +29,8 @@ struct TlsFiles {
 pub struct Options {
     pub password: Option<String>,
     pub tls: bool,
+    /// More redis-server arguments, e.g. `["--rename-command", "CONFIG", ""]`.
+    pub args: Vec<String>,
 }
 
 /// A port outside Linux's ephemeral range (32768-60999), so no outgoing connection of a
@@ -68,6 +71,7 @@ impl RedisServer {
             dir,
             child: None,
             tls,
+            args: opts.args,
         };
         // Another process may take the port between the check and the start: try others.
         for _ in 0..20 {
@@ -110,6 +114,7 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.args);
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = cmd
             .stdout(log)
