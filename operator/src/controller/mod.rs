@@ -17,6 +17,7 @@ pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod requests;
 pub mod status;
 pub mod synced;
 
