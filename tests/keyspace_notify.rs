@@ -160,9 +160,7 @@ async fn refused_config_falls_back_to_polling() {
         ..Default::default()
     });
     let mut run = start(server.url(), Duration::from_millis(500));
-    let state = run
-        .state(|s| matches!(s, KeyspaceState::Polling(_)))
-        .await;
+    let state = run.state(|s| matches!(s, KeyspaceState::Polling(_))).await;
     let KeyspaceState::Polling(reason) = state else {
         unreachable!()
     };
@@ -195,6 +193,9 @@ async fn polling_still_scales_when_notifications_are_lost() {
     let (to, took) = run.scaled_within(Duration::from_secs(5)).await;
     assert_eq!(to, 1);
     assert_eq!(run.driver.wakeups(), before, "no notification arrived");
-    assert!(took <= Duration::from_millis(1500), "within the pollInterval: {took:?}");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "within the pollInterval: {took:?}"
+    );
     run.stop().await;
 }

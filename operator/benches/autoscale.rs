@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use berth::api::worker::{OnQueueUnavailable, QueueType};
 use berth::autoscale::{
-    Driver, KeyspaceState, Policy, PollOutcome, QueueProbe, RedisTarget, ScaleChange, ScaleTarget, TargetError,
-    WorkerEntry, WorkerId,
+    Driver, KeyspaceState, Policy, PollOutcome, QueueProbe, RedisTarget, ScaleChange, ScaleTarget,
+    TargetError, WorkerEntry, WorkerId,
 };
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
@@ -95,7 +95,11 @@ async fn reaction(server: &redis_support::RedisServer, trials: usize, keyspace: 
     if keyspace {
         let deadline = Instant::now() + Duration::from_secs(10);
         while driver.keyspace().first().map(|(_, s)| s) != Some(&KeyspaceState::Subscribed) {
-            assert!(Instant::now() < deadline, "not subscribed: {:?}", driver.keyspace());
+            assert!(
+                Instant::now() < deadline,
+                "not subscribed: {:?}",
+                driver.keyspace()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -155,6 +155,13 @@ impl<T: ScaleTarget> Driver<T> {
         self.inner.changed.notify_one();
     }
 
+    /// Re-syncs the keyspace subscriptions at the next turn of `run` (for a backend whose
+    /// [`ScaleTarget::subscribable`] answer changed).
+    pub fn refresh_keyspace(&self) {
+        self.inner.keys_changed.store(true, Ordering::Release);
+        self.inner.changed.notify_one();
+    }
+
     /// The backend this driver scales.
     pub fn target(&self) -> &T {
         &self.inner.target

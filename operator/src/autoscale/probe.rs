@@ -446,8 +446,18 @@ mod tests {
             for k in p.keys() {
                 assert!(p.watches(&k), "{t:?} watches {k:?}");
             }
-            for other in ["jobs:x", "bull:jobs:meta", "rq:wip:jobs2", "jobs\x06\x160", "other"] {
-                assert_eq!(p.watches(other), p.keys().iter().any(|k| k == other), "{t:?} {other:?}");
+            for other in [
+                "jobs:x",
+                "bull:jobs:meta",
+                "rq:wip:jobs2",
+                "jobs\x06\x160",
+                "other",
+            ] {
+                assert_eq!(
+                    p.watches(other),
+                    p.keys().iter().any(|k| k == other),
+                    "{t:?} {other:?}"
+                );
             }
         }
     }

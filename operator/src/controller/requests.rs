@@ -82,10 +82,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static s
         [r, _, sub, ..] => format!("{r}/{sub}"),
     };
     let named = rest.len() >= 2;
-    let watch = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1")
-    });
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let verb = match *method {
         Method::GET if watch => "watch",
         Method::GET if named => "get",
@@ -111,7 +108,11 @@ mod tests {
             (v, r)
         };
         assert_eq!(
-            c(Method::GET, "/apis/berth.dev/v1alpha1/appstacks", Some("watch=true&resourceVersion=1")),
+            c(
+                Method::GET,
+                "/apis/berth.dev/v1alpha1/appstacks",
+                Some("watch=true&resourceVersion=1")
+            ),
             ("watch", "appstacks".into())
         );
         assert_eq!(
@@ -119,11 +120,19 @@ mod tests {
             ("get", "secrets".into())
         );
         assert_eq!(
-            c(Method::GET, "/apis/apps/v1/namespaces/a/deployments", Some("limit=1")),
+            c(
+                Method::GET,
+                "/apis/apps/v1/namespaces/a/deployments",
+                Some("limit=1")
+            ),
             ("list", "deployments".into())
         );
         assert_eq!(
-            c(Method::PATCH, "/apis/berth.dev/v1alpha1/namespaces/a/appstacks/s/status", None),
+            c(
+                Method::PATCH,
+                "/apis/berth.dev/v1alpha1/namespaces/a/appstacks/s/status",
+                None
+            ),
             ("patch", "appstacks/status".into())
         );
         assert_eq!(
@@ -136,7 +145,11 @@ mod tests {
         );
         let r = Requests::default();
         r.observe(&Request::get("/api/v1/secrets?watch=1").body(()).unwrap());
-        r.observe(&Request::get("/api/v1/namespaces/a/secrets/x").body(()).unwrap());
+        r.observe(
+            &Request::get("/api/v1/namespaces/a/secrets/x")
+                .body(())
+                .unwrap(),
+        );
         assert_eq!((r.verb_total("watch"), r.verb_total("get")), (1, 1));
     }
 }

@@ -412,14 +412,20 @@ impl HostScaler {
         }
     }
 
-    /// Wires a scaler into `host` and starts its driver; the driver stops with `shutdown`.
-    pub fn attach(host: super::run::Host, shutdown: CancellationToken) -> super::run::Host {
+    /// Wires a scaler into `host` and starts its driver (with keyspace-notification wake-ups
+    /// when `keyspace`); the driver stops with `shutdown`.
+    pub fn attach(
+        host: super::run::Host,
+        shutdown: CancellationToken,
+        keyspace: bool,
+    ) -> super::run::Host {
         let scaler = Arc::new(HostScaler::new(
             host.engine.clone(),
             host.state.clone(),
             host.waker(),
         ));
         let driver = scaler.driver.clone();
+        driver.set_keyspace_notifications(keyspace);
         tokio::spawn(async move { driver.run(shutdown).await });
         host.with_replica_source(scaler.clone()).with_hook(scaler)
     }
@@ -486,6 +492,8 @@ impl HostScaler {
             });
         }
         *lock(&self.driver.target().relays) = relays;
+        // Which Redis servers are reached directly may have changed with the relays.
+        self.driver.refresh_keyspace();
         for id in self.driver.ids() {
             if !keep.contains(&id) {
                 self.driver.remove(&id);

@@ -78,7 +78,15 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkersError> {
-    run_synced(client, namespace, metrics, shutdown, Synced::default(), false).await
+    run_synced(
+        client,
+        namespace,
+        metrics,
+        shutdown,
+        Synced::default(),
+        false,
+    )
+    .await
 }
 
 /// [`run`], raising `synced` once the Worker cache holds a first list (for /readyz);
