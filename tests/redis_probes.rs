@@ -278,6 +278,7 @@ async fn password_and_tls() {
     let server = RedisServer::start_with(Options {
         password: Some("s3cret-pw".into()),
         tls: true,
+        ..Default::default()
     });
     let mut c = server.conn().await;
     let _: () = c.rpush("jobs", &["1", "2", "3"]).await.unwrap();
@@ -336,6 +337,7 @@ async fn berth_queue_depth_prints_what_the_autoscaler_sees() {
     let server = RedisServer::start_with(Options {
         password: Some("cli-pw-42".into()),
         tls: false,
+        ..Default::default()
     });
     let mut c = server.conn().await;
     let _: () = c.lpush("bull:mail:wait", &["1", "2"]).await.unwrap();

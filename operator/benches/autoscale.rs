@@ -74,6 +74,9 @@ fn ms(d: Duration) -> String {
 }
 
 async fn reaction(server: &redis_support::RedisServer, trials: usize, keyspace: bool) -> Duration {
+    // An empty queue for every run (the previous one left its jobs).
+    let mut c = server.conn().await;
+    let _: () = c.del("bull:render:wait").await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = Driver::new(Recorder {
         replicas: AtomicI32::new(0),
@@ -90,8 +93,6 @@ async fn reaction(server: &redis_support::RedisServer, trials: usize, keyspace: 
     let d = driver.clone();
     let t = token.clone();
     let running = tokio::spawn(async move { d.run(t).await });
-    let mut c = server.conn().await;
-    let _: () = c.del("bull:render:wait").await.unwrap();
     if keyspace {
         let deadline = Instant::now() + Duration::from_secs(10);
         while driver.keyspace().first().map(|(_, s)| s) != Some(&KeyspaceState::Subscribed) {

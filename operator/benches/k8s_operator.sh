@@ -115,10 +115,14 @@ while :; do
 done
 reconciled=$(($(date +%s) - started))
 log "every stack reconciled after ${reconciled}s; waiting for writes to stop"
+# Writes that never stop (a status that flaps, a reconcile loop) are reported, not waited for:
+# after QUIET_TIMEOUT (120 s) the idle window starts anyway and counts them.
 last=-1
+quiet_by=$(($(date +%s) + ${QUIET_TIMEOUT:-120}))
 while :; do
   w=$(curl -fsS "http://$HTTP/metrics" | awk '/^berth_api_writes_total /{print $2}') || true
   [[ $w == "$last" ]] && break
+  (($(date +%s) < quiet_by)) || { log "writes still going on after ${QUIET_TIMEOUT:-120}s ($last -> $w in 20s)"; last="$w (not quiet)"; break; }
   last=$w
   sleep 20
 done
