@@ -30,6 +30,7 @@ WORK=$(mktemp -d)
 BERTH_PID=
 
 log() { echo "[bench-k8s $(date -u +%T)] $*" >&2; }
+retry() { local i; for i in 1 2 3 4 5 6; do "$@" && return 0; sleep 5; done; return 1; }
 cleanup() {
   [[ -n $BERTH_PID ]] && kill "$BERTH_PID" 2>/dev/null && wait "$BERTH_PID" 2>/dev/null
   if [[ ${KEEP:-0} != 1 ]]; then
@@ -127,8 +128,8 @@ while :; do
   sleep 20
 done
 converged=$(($(date +%s) - started))
-hwm=$(status_of VmHWM)
-rss=$(status_of VmRSS)
+hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$BERTH_PID/status")
+rss=$(awk '/^VmRSS:/{print $2}' "/proc/$BERTH_PID/status")
 objects() { k get "$1" -A --no-headers 2>/dev/null | wc -l; }
 children=0
 for r in deployments statefulsets services ingresses networkpolicies workers certificates backups; do
@@ -141,7 +142,7 @@ retry apiserver_counts >"$WORK/api.before"
 sleep "$IDLE_SECS"
 retry berth_counts >"$WORK/berth.after"
 retry apiserver_counts >"$WORK/api.after"
-idle_rss=$(status_of VmRSS)
+idle_rss=$(awk '/^VmRSS:/{print $2}' "/proc/$BERTH_PID/status")
 
 delta() { # before after -> "verb delta" for every verb
   join -a1 -a2 -e 0 -o 0,1.2,2.2 <(sort "$1") <(sort "$2") | awk '{d = $3 - $2; print $1, d}'
@@ -149,7 +150,6 @@ delta() { # before after -> "verb delta" for every verb
 summ() { # "verb:resource delta" lines -> watch total, other total, the non-zero others
   awk '{ split($1, vr, ":"); if (vr[1] == "watch" || vr[1] == "WATCH") w += $2; else { o += $2; if ($2) s = s " " $1 "=" $2 } }
   END { printf "watch %d  other %d  (%s )\n", w, o, s }'; }
-retry() { local i; for i in 1 2 3 4 5 6; do "$@" && return 0; sleep 5; done; return 1; }
 
 echo
 echo "berth operator ($BERTH), $STACKS AppStacks (examples/vidgen.yaml) + $children children and Secrets, real kube-apiserver v1.32, control plane only"
