@@ -76,7 +76,7 @@ apiserver_counts() { # resource verb count, non-watch requests on berth's resour
   k get --raw /metrics | awk -v re="$RESOURCES" '
     /^apiserver_request_total\{/ {
       verb = $0; sub(/.*verb="/, "", verb); sub(/".*/, "", verb)
-      res = $0; sub(/.*resource="/, "", res); sub(/".*/, "", res)
+      res = $0; sub(/.*[{,]resource="/, "", res); sub(/".*/, "", res)
       if (res ~ re) n[verb ":" res] += $NF
     }
     END { for (v in n) print v, n[v] }' | sort
@@ -86,7 +86,7 @@ berth_counts() { # verb:resource count from berth's /metrics
   curl -fsS "http://$HTTP/metrics" | awk '
     /^berth_kube_requests_total\{/ {
       verb = $0; sub(/.*verb="/, "", verb); sub(/".*/, "", verb)
-      res = $0; sub(/.*resource="/, "", res); sub(/".*/, "", res)
+      res = $0; sub(/.*[{,]resource="/, "", res); sub(/".*/, "", res)
       n[verb ":" res] += $NF
     }
     END { for (v in n) print v, n[v] }' | sort
@@ -158,7 +158,7 @@ printf 'memory:  peak RSS (VmHWM) %.1f MiB   RSS after convergence %.1f MiB   af
   "$(echo "$hwm / 1024 / 64" | bc -l)"
 printf 'anchor:  108.5 MiB live heap of the same caches in-process (operator/benches/plan.rs, before)  ratio %.2f\n' \
   "$(echo "$hwm / 1024 / 108.5" | bc -l)"
-echo "time:    every stack reconciled ${reconciled}s after start, writes quiet at ${converged}s"
+echo "time:    every stack reconciled ${reconciled}s after start, idle window from ${converged}s (writes: $last)"
 echo "idle ${IDLE_SECS}s, berth's berth_kube_requests_total:  $(delta "$WORK/berth.before" "$WORK/berth.after" | summ)"
 echo "idle ${IDLE_SECS}s, apiserver_request_total on berth's resources:  $(delta "$WORK/api.before" "$WORK/api.after" | summ)"
 echo "goal:    0 requests beyond watches (watch re-opens are counted as watch)"
