@@ -68,7 +68,12 @@ pub(super) async fn check_user_secrets(
     ctx: &Context,
 ) -> Result<Option<Problem>, Error> {
     let stack_key = format!("{ns}/{}", stack.name_any());
-    let version = stack.resource_version().unwrap_or_default();
+    // resourceVersion changes with every change of the stack (status included); the
+    // generation is there for callers that hand in an edited object without a new version.
+    let version = match stack.resource_version() {
+        Some(rv) => format!("{rv}/{}", stack.metadata.generation.unwrap_or(0)),
+        None => String::new(),
+    };
     if !version.is_empty() && ctx.secrets_checked_at(&stack_key).as_deref() == Some(&version) {
         return Ok(None);
     }
