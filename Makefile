@@ -58,9 +58,22 @@ bench-plan:
 .PHONY: bench-autoscale
 
 ## Autoscaler figures against a real redis-server: reaction time from a depth change to the
-## scale request (pollInterval 1s, p50/p99 over TRIALS=100) and one poll cycle of 1,000 Workers.
+## scale request (pollInterval 1s, p50/p99 over TRIALS=100; polling only, then with keyspace
+## notifications) and one poll cycle of 1,000 Workers.
 bench-autoscale:
 	$(CARGO) bench -p berth --bench autoscale
+
+.PHONY: bench-k8s
+## The real `berth operator` (BENCH_PROFILE=release build) against a private control-plane-only
+## Kubernetes it starts and deletes itself (K8S_HOME=/var/tmp/berth-k8s-bench, apiserver :6643)
+## with STACKS=1000 AppStacks: peak and settled RSS, then requests over IDLE_SECS=300 idle
+## seconds by verb (berth_kube_requests_total and the apiserver's apiserver_request_total).
+## Needs root (start.sh) and kubectl. BERTH_BIN=path skips the build.
+BENCH_PROFILE ?= release
+bench-k8s:
+	@if [ -z "$(BERTH_BIN)" ]; then $(CARGO) build --profile $(BENCH_PROFILE) -p berth --bin berth; fi
+	BERTH=$(or $(BERTH_BIN),$(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/berth) \
+	  bash operator/benches/k8s_operator.sh
 
 .PHONY: bench-backup
 

@@ -1,5 +1,6 @@
 //! Autoscaler figures against a real redis-server (`make bench-autoscale`):
-//! 1. reaction time from a depth change to the scale request, pollInterval 1s, 100 trials;
+//! 1. reaction time from a depth change to the scale request, pollInterval 1s, TRIALS (100)
+//!    trials: polling only, then with keyspace notifications (`--redis-keyspace-notifications`);
 //! 2. one poll cycle of 1,000 Workers on one Redis: wall time and round trips.
 
 #[path = "../../tests/support/redis.rs"]
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use berth::api::worker::{OnQueueUnavailable, QueueType};
 use berth::autoscale::{
-    Driver, Policy, PollOutcome, QueueProbe, RedisTarget, ScaleChange, ScaleTarget, TargetError,
-    WorkerEntry, WorkerId,
+    Driver, KeyspaceState, Policy, PollOutcome, QueueProbe, RedisTarget, ScaleChange, ScaleTarget,
+    TargetError, WorkerEntry, WorkerId,
 };
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
@@ -72,7 +73,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn reaction(server: &redis_support::RedisServer, trials: usize) {
+async fn reaction(server: &redis_support::RedisServer, trials: usize, keyspace: bool) -> Duration {
+    // An empty queue for every run (the previous one left its jobs).
+    let mut c = server.conn().await;
+    let _: () = c.del("bull:render:wait").await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = Driver::new(Recorder {
         replicas: AtomicI32::new(0),
@@ -84,11 +88,22 @@ async fn reaction(server: &redis_support::RedisServer, trials: usize) {
         probe: QueueProbe::from_parts(QueueType::Bullmq, "render", None, None).unwrap(),
         redis: RedisTarget::new(server.url(), None),
     });
+    driver.set_keyspace_notifications(keyspace);
     let token = CancellationToken::new();
     let d = driver.clone();
     let t = token.clone();
     let running = tokio::spawn(async move { d.run(t).await });
-    let mut c = server.conn().await;
+    if keyspace {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while driver.keyspace().first().map(|(_, s)| s) != Some(&KeyspaceState::Subscribed) {
+            assert!(
+                Instant::now() < deadline,
+                "not subscribed: {:?}",
+                driver.keyspace()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut latencies = Vec::with_capacity(trials);
     let mut rng_state: u64 = 0x9e37_79b9_7f4a_7c15;
     for trial in 1..=trials {
@@ -115,12 +130,16 @@ async fn reaction(server: &redis_support::RedisServer, trials: usize) {
     token.cancel();
     running.await.unwrap();
     latencies.sort();
+    let p99 = percentile(&latencies, 0.99);
     println!(
-        "reaction time, depth change -> scale request (pollInterval 1s, {trials} trials): p50 {}  p99 {}  max {}",
+        "reaction time, depth change -> scale request ({}, pollInterval 1s, {trials} trials): p50 {}  p99 {}  max {}  (wake-ups by notification: {})",
+        if keyspace { "keyspace notifications" } else { "polling only" },
         ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().unwrap())
+        ms(p99),
+        ms(*latencies.last().unwrap()),
+        driver.wakeups()
     );
+    p99
 }
 
 async fn thousand_workers(server: &redis_support::RedisServer, workers: usize, cycles: usize) {
@@ -182,6 +201,13 @@ fn main() {
     let server = redis_support::RedisServer::start_plain();
     runtime.block_on(async {
         thousand_workers(&server, 1000, 50).await;
-        reaction(&server, trials).await;
+        let polling = reaction(&server, trials, false).await;
+        let notified = reaction(&server, trials, true).await;
+        println!(
+            "p99 keyspace notifications vs polling: {} vs {}  ratio {:.3}  (goal <= 150 ms with notifications, <= 1 s without)",
+            ms(notified),
+            ms(polling),
+            notified.as_secs_f64() / polling.as_secs_f64()
+        );
     });
 }

@@ -16,6 +16,7 @@ pub struct RedisServer {
     child: Option<Child>,
     tls: Option<TlsFiles>,
     also_bind: Vec<String>,
+    args: Vec<String>,
 }
 
 struct TlsFiles {
@@ -31,6 +32,8 @@ pub struct Options {
     pub tls: bool,
     /// Addresses to listen on besides 127.0.0.1 (e.g. the cluster's node IP, for pods).
     pub also_bind: Vec<String>,
+    /// More redis-server arguments, e.g. `["--rename-command", "CONFIG", ""]`.
+    pub args: Vec<String>,
 }
 
 /// A port outside Linux's ephemeral range (32768-60999), so no outgoing connection of a
@@ -72,6 +75,7 @@ impl RedisServer {
             child: None,
             tls,
             also_bind: opts.also_bind,
+            args: opts.args,
         };
         // Another process may take the port between the check and the start: try others.
         for _ in 0..20 {
@@ -120,6 +124,7 @@ impl RedisServer {
             // Reachable from pods without a password: protected mode would refuse them.
             cmd.args(["--protected-mode", "no"]);
         }
+        cmd.args(&self.args);
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = cmd
             .stdout(log)

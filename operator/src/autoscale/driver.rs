@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{step, Decision, History, Observation, Policy, Reason};
+use super::notify::Listener;
 use super::pool::{Pool, RedisTarget};
 use super::probe::{Depth, ProbeError, QueueProbe};
 
@@ -81,24 +83,37 @@ pub trait ScaleTarget: Send + Sync + 'static {
     ) -> impl Future<Output = Option<Result<Vec<Value>, String>>> + Send {
         async { None }
     }
+    /// Whether berth can open its own connection to `redis` for keyspace notifications
+    /// (false where probes go through [`ScaleTarget::relay`]).
+    fn subscribable(&self, _redis: &RedisTarget) -> bool {
+        true
+    }
 }
 
-struct State {
-    entry: WorkerEntry,
+pub(super) struct State {
+    pub(super) entry: WorkerEntry,
     history: History,
-    next_due: Instant,
+    pub(super) next_due: Instant,
+    /// When it was last read (wake-ups keep a gap to it).
+    pub(super) last_poll: Option<Instant>,
 }
 
-struct Inner<T> {
-    target: T,
+pub(super) struct Inner<T> {
+    pub(super) target: T,
     pool: Pool,
-    workers: Mutex<HashMap<WorkerId, State>>,
-    changed: Notify,
+    pub(super) workers: Mutex<HashMap<WorkerId, State>>,
+    pub(super) changed: Notify,
+    /// Keyspace notifications on (see [`super::notify`]).
+    pub(super) keyspace: AtomicBool,
+    /// The Workers' keys or Redis servers changed since the subscriptions were last synced.
+    pub(super) keys_changed: AtomicBool,
+    pub(super) listeners: Mutex<HashMap<RedisTarget, Listener>>,
+    pub(super) wakeups: AtomicU64,
 }
 
 /// The autoscaler of a set of Workers. Cheap to clone; `run` it once.
 pub struct Driver<T> {
-    inner: Arc<Inner<T>>,
+    pub(super) inner: Arc<Inner<T>>,
 }
 
 impl<T> Clone for Driver<T> {
@@ -117,8 +132,34 @@ impl<T: ScaleTarget> Driver<T> {
                 pool: Pool::new(),
                 workers: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
+                keyspace: AtomicBool::new(false),
+                keys_changed: AtomicBool::new(true),
+                listeners: Mutex::new(HashMap::new()),
+                wakeups: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Turns keyspace-notification wake-ups on or off (off by default; see
+    /// [`super::notify`]). Takes effect in `run`.
+    pub fn set_keyspace_notifications(&self, on: bool) {
+        self.inner.keyspace.store(on, Ordering::Relaxed);
+        self.inner.keys_changed.store(true, Ordering::Release);
+        if !on {
+            self.inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+        self.inner.changed.notify_one();
+    }
+
+    /// Re-syncs the keyspace subscriptions at the next turn of `run` (for a backend whose
+    /// [`ScaleTarget::subscribable`] answer changed).
+    pub fn refresh_keyspace(&self) {
+        self.inner.keys_changed.store(true, Ordering::Release);
+        self.inner.changed.notify_one();
     }
 
     /// The backend this driver scales.
@@ -131,7 +172,7 @@ impl<T: ScaleTarget> Driver<T> {
         &self.inner.pool
     }
 
-    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, State>> {
+    pub(super) fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, State>> {
         self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -144,6 +185,9 @@ impl<T: ScaleTarget> Driver<T> {
             Some(s) if s.entry == entry => return,
             Some(s) => {
                 let moved = s.entry.redis != entry.redis;
+                if moved || s.entry.probe != entry.probe {
+                    self.inner.keys_changed.store(true, Ordering::Release);
+                }
                 s.entry = entry;
                 s.next_due = now;
                 if moved {
@@ -159,8 +203,10 @@ impl<T: ScaleTarget> Driver<T> {
                         entry,
                         history: History::default(),
                         next_due: now,
+                        last_poll: None,
                     },
                 );
+                self.inner.keys_changed.store(true, Ordering::Release);
             }
         }
         drop(workers);
@@ -171,6 +217,7 @@ impl<T: ScaleTarget> Driver<T> {
     pub fn remove(&self, id: &str) {
         let mut workers = self.workers();
         if workers.remove(id).is_some() {
+            self.inner.keys_changed.store(true, Ordering::Release);
             let used: Vec<RedisTarget> = workers.values().map(|s| s.entry.redis.clone()).collect();
             drop(workers);
             self.inner.pool.retain(&used);
@@ -206,6 +253,7 @@ impl<T: ScaleTarget> Driver<T> {
                 .filter(|s| force || s.next_due <= now)
                 .map(|s| {
                     s.next_due = now + s.entry.policy.poll_interval;
+                    s.last_poll = Some(now);
                     s.entry.clone()
                 })
                 .collect()
@@ -313,9 +361,11 @@ impl<T: ScaleTarget> Driver<T> {
         outcome
     }
 
-    /// Polls until `shutdown`: sleeps until the next Worker is due (or one is added).
+    /// Polls until `shutdown`: sleeps until the next Worker is due (or one is added, or a
+    /// keyspace notification makes one due).
     pub async fn run(&self, shutdown: CancellationToken) {
         loop {
+            self.sync_listeners(&shutdown);
             let now = Instant::now();
             self.poll_due(now, false).await;
             let next = self
@@ -325,7 +375,10 @@ impl<T: ScaleTarget> Driver<T> {
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    return;
+                }
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = self.inner.changed.notified() => {}
             }

@@ -33,6 +33,7 @@
 
 pub mod decision;
 pub mod driver;
+pub mod notify;
 pub mod pool;
 pub mod probe;
 
@@ -40,5 +41,6 @@ pub use decision::{decide, step, Decision, History, Observation, Policy, PolicyE
 pub use driver::{
     read_probes, Driver, PollOutcome, ScaleChange, ScaleTarget, TargetError, WorkerEntry, WorkerId,
 };
+pub use notify::{KeyspaceState, NotifyError};
 pub use pool::{redact, Pool, PoolError, RedisTarget};
 pub use probe::{Depth, Part, ProbeError, QueueProbe};

@@ -184,7 +184,7 @@ impl Conn {
     }
 }
 
-fn build_client(target: &RedisTarget) -> Result<Client, PoolError> {
+pub(super) fn build_client(target: &RedisTarget) -> Result<Client, PoolError> {
     let invalid = |e: redis::RedisError| PoolError::InvalidUrl {
         url: target.redacted(),
         message: scrub(&e.to_string(), target),
@@ -203,7 +203,7 @@ fn build_client(target: &RedisTarget) -> Result<Client, PoolError> {
 }
 
 /// Removes the URL and its password from a driver message, should one ever echo them.
-fn scrub(message: &str, target: &RedisTarget) -> String {
+pub(super) fn scrub(message: &str, target: &RedisTarget) -> String {
     let mut out = message.replace(&target.url, &target.redacted());
     if let Some(pw) = password_of(&target.url) {
         if !pw.is_empty() {

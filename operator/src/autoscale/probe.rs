@@ -21,6 +21,8 @@ use crate::api::worker::{QueueSpec, QueueType};
 pub const CELERY_PRIORITY_SEP: &str = "\x06\x16";
 /// BullMQ's default key prefix.
 pub const BULLMQ_PREFIX: &str = "bull";
+/// The BullMQ keys (after the prefix) a depth is read from.
+const BULLMQ_KEYS: [&str; 4] = ["wait", "prioritized", "delayed", "active"];
 
 /// How to count one queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +194,49 @@ impl QueueProbe {
             Kind::Stream { key, .. } => {
                 pipe.cmd("XINFO").arg("GROUPS").arg(key);
                 pipe.cmd("XLEN").arg(key);
+            }
+        }
+    }
+
+    /// The Redis keys this probe reads (what keyspace notifications subscribe to).
+    pub fn keys(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::List { key } | Kind::Stream { key, .. } => vec![key.clone()],
+            Kind::Bullmq { prefix } => BULLMQ_KEYS
+                .iter()
+                .map(|s| format!("{prefix}:{s}"))
+                .collect(),
+            Kind::Celery { key } => std::iter::once(key.clone())
+                .chain((1..=9).map(|p| format!("{key}{CELERY_PRIORITY_SEP}{p}")))
+                .collect(),
+            Kind::Rq { key, name } => vec![
+                key.clone(),
+                format!("rq:scheduled:{name}"),
+                format!("rq:wip:{name}"),
+            ],
+        }
+    }
+
+    /// Whether `key` is one of [`QueueProbe::keys`] (without allocating: called for every
+    /// notification).
+    pub fn watches(&self, key: &str) -> bool {
+        match &self.kind {
+            Kind::List { key: k } | Kind::Stream { key: k, .. } => k == key,
+            Kind::Bullmq { prefix } => key
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|s| BULLMQ_KEYS.contains(&s)),
+            Kind::Celery { key: k } => {
+                k == key
+                    || key
+                        .strip_prefix(k.as_str())
+                        .and_then(|rest| rest.strip_prefix(CELERY_PRIORITY_SEP))
+                        .is_some_and(|p| matches!(p.as_bytes(), [b'1'..=b'9']))
+            }
+            Kind::Rq { key: k, name } => {
+                k == key
+                    || key.strip_prefix("rq:scheduled:") == Some(name.as_str())
+                    || key.strip_prefix("rq:wip:") == Some(name.as_str())
             }
         }
     }
@@ -384,6 +429,37 @@ mod tests {
             QueueProbe::from_parts(QueueType::Stream, "s", None, None),
             Err(ProbeError::MissingGroup)
         );
+    }
+
+    #[test]
+    fn watched_keys_are_the_keys() {
+        for (t, key) in [
+            (QueueType::List, None),
+            (QueueType::Bullmq, None),
+            (QueueType::Bullmq, Some("app:jobs")),
+            (QueueType::Celery, None),
+            (QueueType::Rq, None),
+            (QueueType::Stream, None),
+            (QueueType::Sidekiq, None),
+        ] {
+            let p = QueueProbe::from_parts(t, "jobs", key, Some("g")).unwrap();
+            for k in p.keys() {
+                assert!(p.watches(&k), "{t:?} watches {k:?}");
+            }
+            for other in [
+                "jobs:x",
+                "bull:jobs:meta",
+                "rq:wip:jobs2",
+                "jobs\x06\x160",
+                "other",
+            ] {
+                assert_eq!(
+                    p.watches(other),
+                    p.keys().iter().any(|k| k == other),
+                    "{t:?} {other:?}"
+                );
+            }
+        }
     }
 
     #[test]

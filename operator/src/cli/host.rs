@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// nothing and berth says so).
     #[arg(long)]
     pub allow_empty: bool,
+    /// Wake the autoscaler on Redis keyspace notifications where berth reaches the Redis
+    /// directly (a stack's own Redis is read through `docker exec` and stays polled). See
+    /// docs/autoscaling.md.
+    #[arg(long, env = "BERTH_REDIS_KEYSPACE_NOTIFICATIONS")]
+    pub redis_keyspace_notifications: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,6 +130,7 @@ fn init_tracing() {
 
 async fn run_host(a: RunArgs) -> u8 {
     init_tracing();
+    let keyspace = a.redis_keyspace_notifications;
     let opts = HostOptions {
         manifests: a.manifests,
         state_dir: a.common.state_dir,
@@ -166,7 +172,7 @@ async fn run_host(a: RunArgs) -> u8 {
     }
     // Workers with `scaling`: the autoscale engine decides their replica counts.
     let scaling = tokio_util::sync::CancellationToken::new();
-    let mut host = crate::docker::autoscale::HostScaler::attach(host, scaling.clone());
+    let mut host = crate::docker::autoscale::HostScaler::attach(host, scaling.clone(), keyspace);
     let _stop_scaling = scaling.drop_guard();
     let shutdown = async {
         let mut term =

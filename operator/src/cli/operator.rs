@@ -471,6 +471,7 @@ async fn run_controllers(
             worker_metrics,
             work.clone(),
             synced[1].1.clone(),
+            args.redis_keyspace_notifications,
         ),
     );
     spawn_controller(

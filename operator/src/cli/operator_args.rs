@@ -57,4 +57,8 @@ pub struct OperatorArgs {
     /// verbs granted to this identity), print it, and exit non-zero when something is missing.
     #[arg(long)]
     pub check: bool,
+    /// Wake the autoscaler on Redis keyspace notifications (sets notify-keyspace-events;
+    /// polling only where CONFIG is refused). See docs/autoscaling.md.
+    #[arg(long, env = "BERTH_REDIS_KEYSPACE_NOTIFICATIONS")]
+    pub redis_keyspace_notifications: bool,
 }

@@ -19,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
+use super::requests::Requests;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The log target of every write the fence lets through (at debug) or refuses (at warn).
@@ -32,6 +34,8 @@ pub struct Fence {
     until_ms: AtomicU64,
     pub sent: Counter,
     pub refused: Counter,
+    /// Every request that passes, by verb and resource.
+    pub requests: Requests,
 }
 
 /// A write refused because this replica does not hold a fresh Lease.
@@ -49,6 +53,7 @@ impl Fence {
             until_ms: AtomicU64::new(until_ms),
             sent: Counter::default(),
             refused: Counter::default(),
+            requests: Requests::default(),
         })
     }
 
@@ -62,8 +67,10 @@ impl Fence {
         Fence::with(0)
     }
 
-    /// Registers `berth_api_writes_total` and `berth_api_writes_refused_total`.
+    /// Registers `berth_api_writes_total`, `berth_api_writes_refused_total` and
+    /// `berth_kube_requests_total`.
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        self.requests.register(registry);
         registry.register(
             "berth_api_writes",
             "Write requests the controllers sent to the API server",
@@ -145,6 +152,7 @@ where
             self.fence.sent.inc();
             debug!(target: TARGET, %method, path, "write sent");
         }
+        self.fence.requests.observe(&req);
         let fut = self.inner.call(req);
         Box::pin(async move { fut.await.map_err(Into::into) })
     }

@@ -17,22 +17,22 @@ pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod requests;
+mod secrets;
 pub mod status;
 pub mod synced;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{
-    Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
-};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -46,12 +46,14 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::api::{AppStack, Backup, Certificate, Worker, API_VERSION};
 use crate::k8s::meta::{MANAGER, STACK_LABEL};
-use crate::k8s::{build, children, BuildOptions, Bundle, Owner};
-use crate::plan::wiring::{self, MaterializeError};
-use crate::plan::{plan_stack, EnvValue, Observed, PlanError, StackPlan};
+use crate::k8s::{build, BuildOptions, Bundle, Owner};
+use crate::plan::wiring::MaterializeError;
+use crate::plan::{plan_stack, Observed, PlanError, StackPlan};
 
 pub use metrics::Metrics;
 use observe::AsJson;
+pub use secrets::user_secret_refs;
+use secrets::{check_user_secrets, ensure_generated_secrets};
 use status::Problem;
 
 /// How long a healthy stack waits before a resync from the caches (reads only, no writes
@@ -213,6 +215,9 @@ pub struct Context {
     /// cannot scope list/watch to berth's labels, and the operator must not be able to read
     /// every Secret of the cluster. One `get` by name per generated Secret, then this set.
     known_secrets: Mutex<HashSet<String>>,
+    /// Stacks (`namespace/name`) whose user Secrets were all found, with the stack's
+    /// resourceVersion then: a re-check of an unchanged stack reads them from here.
+    secrets_checked: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -235,6 +240,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             known_secrets: Mutex::new(HashSet::new()),
+            secrets_checked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -261,20 +267,6 @@ impl Context {
         } else {
             self.metrics.writes.inc();
         }
-    }
-
-    fn secret_known(&self, key: &str) -> bool {
-        self.known_secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(key)
-    }
-
-    fn remember_secret(&self, key: String) {
-        self.known_secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
     }
 
     fn failure_key(obj: &DeserializeGuard<AppStack>) -> String {
@@ -624,7 +616,7 @@ async fn converge(
     changes: &mut Changes,
 ) -> Result<Option<Problem>, Error> {
     let owner = Owner::of(stack);
-    let problem = check_user_secrets(ns, plan, ctx).await?;
+    let problem = check_user_secrets(stack, ns, plan, ctx).await?;
     ensure_generated_secrets(ns, &owner, plan, ctx, changes).await?;
     let bundle = build(&owner, plan, &ctx.build);
     apply_bundle(ns, &bundle, ctx, changes).await?;
@@ -632,128 +624,6 @@ async fn converge(
     // Pods wait for a missing Secret by themselves (CreateContainerConfigError) and start
     // once it exists, so everything is applied anyway; the status says what is missing.
     Ok(problem)
-}
-
-/// Secret keys the stack's components read, by Secret name: key → components using it.
-pub fn user_secret_refs(plan: &StackPlan) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
-    let mut refs: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-    for c in &plan.components {
-        let envs = c.env.iter().chain(c.depends_on.iter().flat_map(|d| &d.env));
-        for e in envs {
-            if let EnvValue::Secret(r) = &e.value {
-                refs.entry(r.name.clone())
-                    .or_default()
-                    .entry(r.key.clone())
-                    .or_default()
-                    .insert(c.name.clone());
-            }
-        }
-    }
-    refs
-}
-
-async fn check_user_secrets(
-    ns: &str,
-    plan: &StackPlan,
-    ctx: &Context,
-) -> Result<Option<Problem>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut problems = Vec::new();
-    let mut reason = None;
-    for (name, keys) in user_secret_refs(plan) {
-        let users = |k: &BTreeSet<String>| k.iter().cloned().collect::<Vec<_>>().join(", ");
-        let secret = api
-            .get_opt(&name)
-            .await
-            .map_err(|source| Error::ReadSecret {
-                name: name.clone(),
-                source,
-            })?;
-        match secret {
-            None => {
-                let all: BTreeSet<String> = keys.values().flatten().cloned().collect();
-                let key_list: Vec<&str> = keys.keys().map(String::as_str).collect();
-                reason.get_or_insert("SecretNotFound");
-                problems.push(format!(
-                    "Secret {name:?} does not exist in namespace {ns} (keys {} used by {}): create it",
-                    key_list.join(", "),
-                    users(&all)
-                ));
-            }
-            Some(s) => {
-                let present: BTreeSet<&String> = s
-                    .data
-                    .iter()
-                    .flat_map(|d| d.keys())
-                    .chain(s.string_data.iter().flat_map(|d| d.keys()))
-                    .collect();
-                for (key, used_by) in &keys {
-                    if !present.contains(key) {
-                        reason.get_or_insert("SecretKeyNotFound");
-                        problems.push(format!(
-                            "Secret {name:?} has no key {key:?} (used by {}): add it",
-                            users(used_by)
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(reason.map(|r| Problem {
-        reason: r.into(),
-        message: problems.join("; "),
-    }))
-}
-
-/// Creates the generated Secrets that do not exist yet. An existing Secret of that name is
-/// never touched: credentials are created once and never rotated silently.
-async fn ensure_generated_secrets(
-    ns: &str,
-    owner: &Owner,
-    plan: &StackPlan,
-    ctx: &Context,
-    changes: &mut Changes,
-) -> Result<(), Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    for g in &plan.secrets {
-        let key = format!("{ns}/{}", g.name);
-        if ctx.secret_known(&key) {
-            continue;
-        }
-        let existing = api
-            .get_opt(&g.name)
-            .await
-            .map_err(|source| Error::ReadSecret {
-                name: g.name.clone(),
-                source,
-            })?;
-        if existing.is_some() {
-            ctx.remember_secret(key);
-            continue;
-        }
-        let data = wiring::materialize(g, &Default::default(), wiring::random_hex)?;
-        let secret = children::secret(owner, g, data);
-        let pp = PostParams {
-            field_manager: Some(MANAGER.into()),
-            ..PostParams::default()
-        };
-        ctx.metrics.writes.inc();
-        match api.create(&pp, &secret).await {
-            Ok(_) => {
-                ctx.remember_secret(key);
-                changes.generated.push(g.name.clone())
-            }
-            // Created meanwhile (another replica): keep it.
-            Err(kube::Error::Api(s)) if s.code == 409 => ctx.remember_secret(key),
-            Err(source) => {
-                return Err(Error::CreateSecret {
-                    name: g.name.clone(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn apply_bundle(

@@ -194,6 +194,9 @@ impl ScaleTarget for HostTarget {
         let relay = lock(&self.relays).get(redis).cloned()?;
         Some(self.exec_relay(&relay, pipe).await)
     }
+    fn subscribable(&self, redis: &RedisTarget) -> bool {
+        !lock(&self.relays).contains_key(redis)
+    }
 }
 
 /// The autoscaler of a Docker host: replica source and after-pass hook of the reconcile loop.
@@ -217,14 +220,20 @@ impl HostScaler {
         }
     }
 
-    /// Wires a scaler into `host` and starts its driver; the driver stops with `shutdown`.
-    pub fn attach(host: super::run::Host, shutdown: CancellationToken) -> super::run::Host {
+    /// Wires a scaler into `host` and starts its driver (with keyspace-notification wake-ups
+    /// when `keyspace`); the driver stops with `shutdown`.
+    pub fn attach(
+        host: super::run::Host,
+        shutdown: CancellationToken,
+        keyspace: bool,
+    ) -> super::run::Host {
         let scaler = Arc::new(HostScaler::new(
             host.engine.clone(),
             host.state.clone(),
             host.waker(),
         ));
         let driver = scaler.driver.clone();
+        driver.set_keyspace_notifications(keyspace);
         tokio::spawn(async move { driver.run(shutdown).await });
         host.with_replica_source(scaler.clone()).with_hook(scaler)
     }
@@ -291,6 +300,8 @@ impl HostScaler {
             });
         }
         *lock(&self.driver.target().relays) = relays;
+        // Which Redis servers are reached directly may have changed with the relays.
+        self.driver.refresh_keyspace();
         for id in self.driver.ids() {
             if !keep.contains(&id) {
                 self.driver.remove(&id);

@@ -78,16 +78,26 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkersError> {
-    run_synced(client, namespace, metrics, shutdown, Synced::default()).await
+    run_synced(
+        client,
+        namespace,
+        metrics,
+        shutdown,
+        Synced::default(),
+        false,
+    )
+    .await
 }
 
-/// [`run`], raising `synced` once the Worker cache holds a first list (for /readyz).
+/// [`run`], raising `synced` once the Worker cache holds a first list (for /readyz);
+/// `keyspace_notifications` turns on the autoscaler's Redis keyspace-notification wake-ups.
 pub async fn run_synced(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     synced: Synced,
+    keyspace_notifications: bool,
 ) -> Result<(), WorkersError> {
     let (workers, deployments): (Api<DeserializeGuard<Worker>>, Api<Deployment>) = match &namespace
     {
@@ -105,6 +115,7 @@ pub async fn run_synced(
     let ctx = context_with(client, metrics, deployment_store);
 
     let driver = ctx.driver.clone();
+    driver.set_keyspace_notifications(keyspace_notifications);
     let token = shutdown.clone();
     let autoscaler = tokio::spawn(async move { driver.run(token).await });
 
@@ -115,6 +126,7 @@ pub async fn run_synced(
             .any_semantic(),
     )
     .default_backoff()
+    .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects();
     let (trigger, reader) = crate::controller::synced::main_watch(
