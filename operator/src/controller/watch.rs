@@ -1,0 +1,226 @@
+//! The watches of the AppStack controller: one reflector per child kind (label
+//! `app.kubernetes.io/managed-by=berth`, managedFields dropped) feeding the stores and the
+//! controller's triggers, and the readiness signal once every cache is listed.
+
+use super::*;
+
+/// Runs the AppStack controller until `shutdown` is cancelled, with default build options.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let settings = Settings {
+        namespace,
+        ..Settings::default()
+    };
+    run_with(client, settings, metrics, shutdown).await
+}
+
+pub(super) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch that fills a store (without managedFields, which berth never reads) and yields
+/// the objects it touched, for `owns_stream`/`watches_stream`.
+pub(super) fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// Runs the AppStack controller until `shutdown` is cancelled.
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_synced(client, settings, metrics, shutdown, None).await
+}
+
+/// [`run_with`], raising `synced` once every cache holds a first complete list (for /readyz).
+pub async fn run_synced(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Option<synced::Synced>,
+) -> Result<(), Error> {
+    let ns = settings.namespace.as_deref();
+    let (stores, w) = stores();
+    let children = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+        .any_semantic();
+    let main_synced = synced::Synced::default();
+    let (trigger, reader) = synced::main_watch(
+        scoped::<DeserializeGuard<AppStack>>(&client, ns),
+        watcher::Config::default().any_semantic(),
+        main_synced.clone(),
+    );
+    let controller = Controller::for_stream(trigger, reader);
+    let stacks = controller.store();
+    let c = &client;
+    let controller = controller
+        .owns_stream(reflect(
+            scoped::<Deployment>(c, ns),
+            children.clone(),
+            w.deployments,
+        ))
+        .owns_stream(reflect(
+            scoped::<StatefulSet>(c, ns),
+            children.clone(),
+            w.stateful_sets,
+        ))
+        .owns_stream(reflect(
+            scoped::<Service>(c, ns),
+            children.clone(),
+            w.services,
+        ))
+        .owns_stream(reflect(
+            scoped::<Ingress>(c, ns),
+            children.clone(),
+            w.ingresses,
+        ))
+        .owns_stream(reflect(
+            scoped::<NetworkPolicy>(c, ns),
+            children.clone(),
+            w.network_policies,
+        ))
+        .owns_stream(reflect(
+            scoped::<DeserializeGuard<Worker>>(c, ns),
+            children.clone(),
+            w.workers,
+        ))
+        .owns_stream(reflect(
+            scoped::<DeserializeGuard<Backup>>(c, ns),
+            children,
+            w.backups,
+        ))
+        // Every Certificate: owned ones, and those a stack names in tls.certificateRef (a stack
+        // waiting for its Certificate wakes up when it appears).
+        .watches_stream(
+            reflect(
+                scoped::<DeserializeGuard<Certificate>>(c, ns),
+                watcher::Config::default().any_semantic(),
+                w.certificates,
+            ),
+            move |cert| stacks_for_certificate(&stacks, &cert),
+        )
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let ctx = Arc::new(Context::new(
+        client,
+        stores,
+        settings.build,
+        settings.instance,
+        metrics,
+    ));
+    if let Some(synced) = synced {
+        tokio::spawn(mark_synced(
+            main_synced,
+            ctx.stores.clone(),
+            synced,
+            shutdown.clone(),
+        ));
+    }
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "AppStack controller started"
+    );
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(appstack = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    info!("AppStack controller stopped");
+    Ok(())
+}
+
+/// Raises `synced` once the AppStack cache and every child cache hold a first list.
+pub(super) async fn mark_synced(
+    main: synced::Synced,
+    s: Stores,
+    synced: synced::Synced,
+    shutdown: CancellationToken,
+) {
+    let all = async {
+        while !main.is_set() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        synced::store_ready(&s.deployments).await.then_some(())?;
+        synced::store_ready(&s.stateful_sets).await.then_some(())?;
+        synced::store_ready(&s.services).await.then_some(())?;
+        synced::store_ready(&s.ingresses).await.then_some(())?;
+        synced::store_ready(&s.network_policies)
+            .await
+            .then_some(())?;
+        synced::store_ready(&s.workers).await.then_some(())?;
+        synced::store_ready(&s.certificates).await.then_some(())?;
+        synced::store_ready(&s.backups).await.then_some(())
+    };
+    tokio::select! {
+        done = all => if done.is_some() {
+            info!("AppStack controller caches synced");
+            synced.set();
+        },
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// The stacks a Certificate concerns: its controller owner, and stacks referring to it.
+pub(super) fn stacks_for_certificate(
+    stacks: &Store<DeserializeGuard<AppStack>>,
+    cert: &DeserializeGuard<Certificate>,
+) -> Vec<ObjectRef<DeserializeGuard<AppStack>>> {
+    let ns = cert.namespace();
+    let name = cert.name_any();
+    let mut out: Vec<_> = stacks
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == ns)
+        .filter(|s| match &s.0 {
+            Ok(stack) => {
+                stack
+                    .spec
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.certificate_ref.as_deref())
+                    == Some(name.as_str())
+            }
+            Err(_) => false,
+        })
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect();
+    if let Some(owner) = cert
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AppStack")
+    {
+        let mut r = ObjectRef::new(&owner.name);
+        if let Some(ns) = &ns {
+            r = r.within(ns);
+        }
+        out.push(r);
+    }
+    out
+}
