@@ -91,17 +91,18 @@ fn condition(
 ) -> Condition {
     // The transition time moves only when the status does, so an unchanged status is equal
     // to the previous one and is not written.
-    let last = previous
-        .and_then(|p| crate::status::kept_since(&p.conditions, type_, status))
-        .unwrap_or_else(|| to_time(now));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
+    let old = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    crate::status::condition_since(
+        old,
+        type_,
+        status,
+        reason,
         message,
-        last_transition_time: last,
-        observed_generation: generation,
-    }
+        generation,
+        to_time(now),
+    )
 }
 
 /// The status of a Backup from its Jobs: the newest successful Job's report gives the last

@@ -169,14 +169,7 @@ pub fn renew_args(cert: &Certificate, settings: &JobSettings) -> Vec<String> {
         "--name".into(),
         cert.name_any(),
     ];
-    let class = cert
-        .spec
-        .issuer
-        .acme
-        .as_ref()
-        .and_then(|a| a.http01.as_ref())
-        .and_then(|h| h.ingress_class_name.clone())
-        .or_else(|| settings.ingress_class.clone());
+    let class = solver_class(cert, settings.ingress_class.as_deref());
     if let Some(class) = class {
         args.push(format!("--ingress-class={class}"));
     }
@@ -298,4 +291,16 @@ pub fn now_job(cert: &Certificate, settings: &JobSettings, value: &str) -> Job {
 /// Whether a Certificate is issued by ACME (in a Job) rather than by the controller.
 pub fn is_acme(cert: &Certificate) -> bool {
     cert.spec.issuer.acme.is_some()
+}
+
+/// The ingress class of the HTTP-01 solver's Ingress: the Certificate's own
+/// (`acme.http01.ingressClassName`) wins over the operator's `--ingress-class`.
+pub fn solver_class(cert: &Certificate, operator: Option<&str>) -> Option<String> {
+    cert.spec
+        .issuer
+        .acme
+        .as_ref()
+        .and_then(|a| a.http01.as_ref())
+        .and_then(|h| h.ingress_class_name.clone())
+        .or_else(|| operator.map(str::to_string))
 }

@@ -57,17 +57,10 @@ fn condition(
 ) -> Condition {
     let status = if status { "True" } else { "False" };
     // The transition time moves only when the status does.
-    let last = previous
-        .and_then(|p| crate::status::kept_since(&p.conditions, type_, status))
-        .unwrap_or_else(|| time(now));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: last,
-        observed_generation: generation,
-    }
+    let old = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    crate::status::condition_since(old, type_, status, reason, message, generation, time(now))
 }
 
 /// A condition of a status, by type.

@@ -131,6 +131,27 @@ pub fn kept_since(old: &[Condition], type_: &str, status: &str) -> Option<Time> 
         .map(|c| c.last_transition_time.clone())
 }
 
+/// One condition (status True, False or Unknown), its `lastTransitionTime` kept from `old` by
+/// [`kept_since`], else `now`.
+pub fn condition_since(
+    old: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: kept_since(old, type_, status).unwrap_or(now),
+        observed_generation: generation,
+    }
+}
+
 /// Conditions from wanted ones, keeping `lastTransitionTime` where the status did not flip.
 pub fn conditions(
     old: &[Condition],

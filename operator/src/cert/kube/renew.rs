@@ -199,15 +199,7 @@ pub async fn renew(
     if opts.renew_now.is_none() {
         opts.renew_now = renew_now(&cert).map(str::to_string);
     }
-    // The Certificate's own solver class wins over the operator's.
-    let class = cert
-        .spec
-        .issuer
-        .acme
-        .as_ref()
-        .and_then(|a| a.http01.as_ref())
-        .and_then(|h| h.ingress_class_name.clone())
-        .or_else(|| how.ingress_class.clone());
+    let class = super::solver_class(&cert, how.ingress_class.as_deref());
     opts.presenter = Some(Arc::new(KubeSolver::new(client.clone(), &cert, class)));
     let spec = cert.spec.clone();
     let generation = cert.metadata.generation;
