@@ -36,6 +36,14 @@ cleanup() {
   if [[ ${KEEP:-0} != 1 ]]; then
     bash "$K8S_DIR/stop.sh" >/dev/null 2>&1 || true
     [[ -f $K8S_HOME/.berth-k8s ]] && rm -rf "$K8S_HOME"
+    # stop.sh removes every iptables rule carrying the clusters' shared comment, those of a
+    # node cluster running beside this one too (pods then lose the API server and each other):
+    # let that cluster put its rules back (start.sh is idempotent).
+    local node=/var/tmp/berth-k8s/run/kubelet.pid
+    if [[ -f $node ]] && kill -0 "$(cat "$node")" 2>/dev/null; then
+      env -u K8S_HOME -u K8S_APISERVER_PORT -u K8S_ETCD_PORT -u K8S_ETCD_PEER_PORT -u K8S_KCM_PORT \
+        -u K8S_SCHEDULER_PORT -u K8S_SERVICES bash "$K8S_DIR/start.sh" --node >/dev/null 2>&1 || true
+    fi
   fi
   rm -rf "$WORK"
 }
