@@ -2,7 +2,9 @@
 //! berth publishes on 127.0.0.1 (pebble-challtestsrv resolves the test domain to 127.0.0.1),
 //! the certificate is issued from nothing and served on the HTTPS port with a chain that
 //! verifies against Pebble's root, port 80 redirects, `berth host status` shows the
-//! Certificate, and a renewal (renew-now) under load changes the serial with no failed request.
+//! Certificate, and, Pebble issuing 45-second certificates, the renewal that comes due (default
+//! renewBefore: one third of the lifetime) changes the served serial under load with no failed
+//! request.
 //! Prints the time from manifest to HTTPS and the failed requests during the reload.
 
 #[path = "support/docker_host.rs"]
@@ -23,6 +25,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONVERGE: Duration = Duration::from_secs(120);
+/// The lifetime Pebble gives the certificates of this test.
+const VALIDITY: Duration = Duration::from_secs(45);
 
 /// GET https://domain/health (the demo api's health path) through 127.0.0.1:port trusting only `root`: status and the served
 /// certificate's serial.
@@ -96,7 +100,9 @@ async fn https_from_nothing_with_pebble_and_a_renewal_under_load() {
     let domain = format!("{s}.test");
     let http_port: u16 = t.http.rsplit(':').next().unwrap().parse().unwrap();
     let https_port = free_port();
-    let pebble = pebble::Pebble::start(http_port);
+    // Certificates valid for VALIDITY only: renewal (at one third of the lifetime before
+    // expiry, the default renewBefore) comes due during the test, with no renew-now.
+    let pebble = pebble::Pebble::start_short_lived(http_port, VALIDITY.as_secs());
 
     let started = Instant::now();
     t.write("stack.yaml", &manifests(&s, &pebble.directory(), ""));
@@ -173,7 +179,8 @@ async fn https_from_nothing_with_pebble_and_a_renewal_under_load() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Certificate"), "{text}");
 
-    // Renewal under load: renew-now, requests keep succeeding while nginx reloads.
+    // Renewal under load, when it comes due (the short lifetime), while requests keep
+    // succeeding through nginx's reload.
     let failed = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -199,11 +206,20 @@ async fn https_from_nothing_with_pebble_and_a_renewal_under_load() {
             }
         }));
     }
-    t.write(
-        "stack.yaml",
-        &manifests(&s, &pebble.directory(), "rotate-1"),
-    );
     let renewed_at = Instant::now();
+    let renewal_time = st["renewalTime"].as_str().unwrap_or_default().to_string();
+    let not_after = st["notAfter"].as_str().unwrap_or_default().to_string();
+    let at = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(st[k].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("status {k}: {e}: {st}"))
+    };
+    // Renewal is due one third of the lifetime before expiry.
+    let lifetime = at("notAfter") - at("notBefore");
+    let before_expiry = at("notAfter") - at("renewalTime");
+    assert!(
+        (before_expiry.num_milliseconds() - lifetime.num_milliseconds() / 3).abs() <= 1_000,
+        "renewalTime is one third of the lifetime before notAfter: {st}"
+    );
     let serial2 = wait_for("a renewed certificate served", CONVERGE, || async {
         let (_, serial) = https_get(https_port, &domain, &root).await.ok()?;
         (serial != serial1).then_some(serial)
@@ -220,7 +236,9 @@ async fn https_from_nothing_with_pebble_and_a_renewal_under_load() {
         let _ = l.await;
     }
     println!(
-        "figure: renewal to new serial served {:.2}s; requests during rotation {}, failed {}",
+        "figure: renewal due at {renewal_time} (notAfter {not_after}, lifetime {}s) served a new \
+         serial {:.2}s after the first was Ready; requests during rotation {}, failed {}",
+        VALIDITY.as_secs(),
         renewed_at.elapsed().as_secs_f64(),
         total.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)

@@ -67,6 +67,17 @@ impl Pebble {
     /// Starts Pebble with its ACME directory on `ip` (e.g. the node IP pods reach the host
     /// at), validating HTTP-01 on 127.0.0.1:`http_port` (every test domain resolves there).
     pub fn start_at(ip: &str, http_port: u16) -> Pebble {
+        Pebble::start_full(ip, http_port, None)
+    }
+
+    /// Starts Pebble issuing certificates valid for `validity_secs` only (Pebble's
+    /// `certificateValidityPeriod`), so that renewal comes due within a test.
+    #[allow(dead_code)]
+    pub fn start_short_lived(http_port: u16, validity_secs: u64) -> Pebble {
+        Pebble::start_full("127.0.0.1", http_port, Some(validity_secs))
+    }
+
+    fn start_full(ip: &str, http_port: u16, validity_secs: Option<u64>) -> Pebble {
         assert!(
             std::path::Path::new("/usr/bin/pebble").exists(),
             "pebble is not installed: apt-get install pebble (.ci/setup does)"
@@ -94,13 +105,16 @@ impl Pebble {
         let management_port = free_port();
         let dns_port = free_port();
         let tls_port = free_port();
-        let config = serde_json::json!({"pebble": {
+        let mut config = serde_json::json!({"pebble": {
             "listenAddress": format!("{ip}:{port}"),
             "managementListenAddress": format!("127.0.0.1:{management_port}"),
             "certificate": cert_path, "privateKey": key_path,
             "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": false
         }});
+        if let Some(v) = validity_secs {
+            config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
         let mut p = Pebble {
             ip: ip.to_string(),
