@@ -164,11 +164,25 @@ pub fn conditions(
         .map(|w| {
             let status = if w.ok { "True" } else { "False" };
             let since = kept_since(old, w.type_, status).unwrap_or(Time(now));
+            // A queue that stays unreadable for the same reason keeps the message of the first
+            // failed read: the error text of each poll varies ("timed out", "failed to lookup
+            // address"...), and writing each variant would turn an outage into a stream of
+            // status writes and reconciles (1,000 Workers: thousands of writes a minute).
+            let message = old
+                .iter()
+                .find(|c| {
+                    w.type_ == QUEUE_REACHABLE
+                        && !w.ok
+                        && c.type_ == w.type_
+                        && c.status == status
+                        && c.reason == w.reason
+                })
+                .map_or_else(|| w.message.clone(), |c| c.message.clone());
             Condition {
                 type_: w.type_.into(),
                 status: status.into(),
                 reason: w.reason.clone(),
-                message: w.message.clone(),
+                message,
                 last_transition_time: since,
                 observed_generation: generation,
             }

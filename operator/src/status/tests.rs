@@ -146,6 +146,51 @@ fn conditions_keep_transition_time() {
     assert_eq!(list[1].last_transition_time, Time(now));
 }
 
+#[test]
+fn an_unreadable_queue_keeps_its_first_message_until_the_reason_changes() {
+    let now = Timestamp::now();
+    let mut list = Vec::new();
+    let down = |m: &str| queue_condition(Err(("QueueUnreachable", m)));
+    set_condition(&mut list, down("timed out"), Some(1), t(1));
+    let first = list.clone();
+    // The next polls fail with other texts, for the same reason: nothing changes, so nothing
+    // is written.
+    set_condition(
+        &mut list,
+        down("failed to lookup address information"),
+        Some(1),
+        now,
+    );
+    assert_eq!(list, first);
+    // Another reason replaces the message (the transition time stays: still False).
+    set_condition(
+        &mut list,
+        queue_condition(Err(("QueueAuthFailed", "WRONGPASS"))),
+        Some(1),
+        now,
+    );
+    assert_eq!(list[0].reason, "QueueAuthFailed");
+    assert!(list[0].message.starts_with("WRONGPASS"), "{:?}", list[0]);
+    assert_eq!(list[0].last_transition_time, first[0].last_transition_time);
+    // Readable again: the new message.
+    set_condition(&mut list, queue_condition(Ok(())), Some(1), now);
+    assert_eq!(list[0].status, "True");
+    // Other conditions follow every message change.
+    let ready = conditions(
+        &[],
+        &[Cond::new(READY, false, "R", "api 1/3 ready")],
+        Some(1),
+        now,
+    );
+    let later = conditions(
+        &ready,
+        &[Cond::new(READY, false, "R", "api 2/3 ready")],
+        Some(1),
+        now,
+    );
+    assert_eq!(later[0].message, "api 2/3 ready");
+}
+
 // --- The same situation seen by each backend ---------------------------------------------
 
 /// The api component of a small stack, as the planner makes it.
