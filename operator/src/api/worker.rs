@@ -239,7 +239,7 @@ pub struct WorkerStatus {
     /// Label selector of the worker's pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Ready and QueueReachable.
+    /// Ready, Progressing, Degraded (the rules of an AppStack component) and QueueReachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The generation this status describes.
