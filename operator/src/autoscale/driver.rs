@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{step, Decision, History, Observation, Policy, Reason};
-use super::notify::Listener;
+use super::listener::Listener;
 use super::pool::{Pool, RedisTarget};
 use super::probe::{Depth, ProbeError, QueueProbe};
 

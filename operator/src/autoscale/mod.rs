@@ -33,6 +33,7 @@
 
 pub mod decision;
 pub mod driver;
+mod listener;
 pub mod notify;
 pub mod pool;
 pub mod probe;

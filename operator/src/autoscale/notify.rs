@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Driver, Inner, ScaleTarget};
+pub use super::listener::KeyspaceState;
+use super::listener::Listener;
 use super::pool::{build_client, scrub, RedisTarget, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// Event classes berth needs: K keyspace channel, g generic (DEL, RENAME, EXPIRE), l lists,
@@ -36,19 +38,6 @@ pub const WAKE_MIN_GAP: Duration = Duration::from_millis(50);
 /// Longest wait between two attempts to reconnect the subscription.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How the notifications of one Redis stand.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyspaceState {
-    /// Connecting or checking `notify-keyspace-events`.
-    Starting,
-    /// Subscribed: writes wake the Workers.
-    Subscribed,
-    /// Notifications are not available on this Redis: polling only (the reason says why).
-    Polling(String),
-    /// The subscription broke; polling meanwhile, reconnecting with a backoff.
-    Reconnecting(String),
-}
-
 /// Why a subscription ended. Messages never contain the URL's password.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NotifyError {
@@ -56,19 +45,6 @@ pub enum NotifyError {
     Refused { url: String, message: String },
     #[error("keyspace notifications from {url} interrupted: {message}; polling until reconnected")]
     Lost { url: String, message: String },
-}
-
-/// The subscription task of one Redis, as the driver holds it.
-pub(super) struct Listener {
-    keys: watch::Sender<BTreeSet<String>>,
-    cancel: CancellationToken,
-    pub(super) state: Arc<Mutex<KeyspaceState>>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
 }
 
 /// The classes to add to `current` (a `notify-keyspace-events` value) so berth's events are
