@@ -111,13 +111,16 @@ async fn scheduler_fires_a_backup_of_the_stack_postgres() {
         name: name.clone(),
     };
     docker.start_container(&name, None).await.unwrap();
-    // Wait until the server answers queries (the entrypoint restarts it after init).
+    // Wait until the final server accepts connections. The entrypoint first runs a setup server
+    // on the local socket only (no TCP), stops it and starts the real one, as the official image
+    // does: a query on the socket can reach the setup server and the next one find no server.
+    // Only the final server listens on TCP, so readiness is asked there, as berth's own check does.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, _) = exec(
             &docker,
             &name,
-            &["psql", "-U", "app", "-d", "shop", "-Atc", "SELECT 1"],
+            &["pg_isready", "-q", "-h", "127.0.0.1", "-U", "app", "-d", "shop"],
         )
         .await;
         if code == 0 {

@@ -46,7 +46,9 @@ MSG
   echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
   printf '\nhost all all all %s\n' "$auth" >>"$PGDATA/pg_hba.conf"
 
-  # Local socket only while setting up, so nobody connects to a half-made database.
+  # No TCP while setting up, so no client from outside connects to a half-made database. (The
+  # local socket is open: a check inside the container asks on 127.0.0.1, as pg_isready in
+  # berth's health check does.)
   pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p 5432" -w start
   psql_setup() { psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc "$@"; }
   exists=$(echo "SELECT 1 FROM pg_database WHERE datname = :'db';" | psql_setup --dbname postgres -tA -v db="$POSTGRES_DB")
