@@ -120,7 +120,16 @@ async fn scheduler_fires_a_backup_of_the_stack_postgres() {
         let (code, _) = exec(
             &docker,
             &name,
-            &["pg_isready", "-q", "-h", "127.0.0.1", "-U", "app", "-d", "shop"],
+            &[
+                "pg_isready",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "app",
+                "-d",
+                "shop",
+            ],
         )
         .await;
         if code == 0 {

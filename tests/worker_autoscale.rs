@@ -496,3 +496,86 @@ async fn a_worker_that_does_not_deserialize_gets_an_event_and_nothing_else() {
     let applies = api.matching("PATCH", "/apis/apps/v1/namespaces/prod/deployments/render");
     assert_eq!(applies[0].body["spec"]["replicas"], 2);
 }
+
+/// A periodic reconcile of an unchanged Worker reads nothing: its AppStack comes from the
+/// controller's cache, its Redis Secret from memory. The Secret is read again once when the
+/// queue probe starts failing (rotated credentials) and when the Worker changes, not on every
+/// reconcile while Redis stays down.
+#[tokio::test]
+async fn resyncs_read_nothing_and_the_secret_is_reread_when_the_queue_fails() {
+    let mut redis = RedisServer::start_with(Options {
+        password: Some(PASSWORD.into()),
+        tls: false,
+        ..Options::default()
+    });
+    let mut worker = worker_json(json!({"appStackRef": "shop",
+        "scaling": {"maxReplicas": 4, "jobsPerReplica": 2, "pollInterval": "200ms"}}));
+    worker["spec"]["queue"] = json!({"type": "list", "name": "jobs"});
+    let stack = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+        "metadata": {"name": "shop", "namespace": "prod", "uid": "uid-shop", "generation": 1},
+        "spec": {"api": {"image": "shop:1"}, "redis": {}}
+    });
+    const STACK: &str = "/apis/berth.dev/v1alpha1/namespaces/prod/appstacks/shop";
+    const SECRET: &str = "/api/v1/namespaces/prod/secrets/shop-redis-credentials";
+    let api = FakeApi::with_objects(
+        worker.clone(),
+        vec![
+            (STACK.into(), stack.clone()),
+            (
+                SECRET.into(),
+                named_secret("shop-redis-credentials", &redis.url()),
+            ),
+        ],
+    );
+    // The AppStack cache as the watch fills it.
+    let (stacks, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(stack).unwrap(),
+    ));
+    let ctx = berth::workers::context_with(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+        kube::runtime::reflector::store().0,
+        stacks,
+    );
+    let reconcile_now = |w: &Value| {
+        let w: Worker = serde_json::from_value(w.clone()).unwrap();
+        reconcile(Arc::new(kube::core::DeserializeGuard(Ok(w))), ctx.clone())
+    };
+    let secret_reads = || api.matching("GET", SECRET).len();
+
+    reconcile_now(&worker).await.unwrap();
+    assert_eq!(secret_reads(), 1);
+    let outcomes = ctx.driver.poll_due(Instant::now(), true).await;
+    assert!(outcomes[0].1.depth.is_ok(), "the queue answers");
+    reconcile_now(&worker).await.unwrap();
+    reconcile_now(&worker).await.unwrap();
+    assert_eq!(
+        secret_reads(),
+        1,
+        "resyncs of an unchanged Worker read no Secret"
+    );
+    assert!(
+        api.matching("GET", STACK).is_empty(),
+        "the AppStack comes from the cache"
+    );
+
+    // Redis stops answering (as with rotated credentials): one re-read, not one per resync.
+    redis.stop();
+    let outcomes = ctx.driver.poll_due(Instant::now(), true).await;
+    assert!(outcomes[0].1.depth.is_err());
+    reconcile_now(&worker).await.unwrap();
+    assert_eq!(
+        secret_reads(),
+        2,
+        "a failing queue re-reads the Secret once"
+    );
+    reconcile_now(&worker).await.unwrap();
+    assert_eq!(secret_reads(), 2, "still failing: not read on every resync");
+
+    // The Worker changed: read again.
+    worker["metadata"]["generation"] = json!(2);
+    reconcile_now(&worker).await.unwrap();
+    assert_eq!(secret_reads(), 3);
+}

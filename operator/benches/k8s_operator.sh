@@ -12,7 +12,8 @@
 # The cluster is private to the benchmark and control-plane only (no kubelet, so no pod runs):
 # K8S_HOME=/var/tmp/berth-k8s-bench, apiserver :6643, etcd :2579/:2580, started with
 # /work/shared/k8s/start.sh (override K8S_DIR) and stopped and deleted at the end (KEEP=1 keeps
-# it). BERTH=path/to/berth (default: target/release/berth, built by `make bench-k8s`).
+# it). BERTH=path/to/berth (default: target/release/berth, built by `make bench-k8s`);
+# BERTH_LOG=path keeps the operator's log (RUST_LOG sets its level, default warn).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -27,6 +28,7 @@ export K8S_APISERVER_PORT=${K8S_APISERVER_PORT:-6643} K8S_ETCD_PORT=${K8S_ETCD_P
 export K8S_ETCD_PEER_PORT=${K8S_ETCD_PEER_PORT:-2580} K8S_KCM_PORT=${K8S_KCM_PORT:-10457}
 export K8S_SCHEDULER_PORT=${K8S_SCHEDULER_PORT:-10459} K8S_SERVICES=0
 WORK=$(mktemp -d)
+LOGFILE=${BERTH_LOG:-$WORK/berth.log} # BERTH_LOG=path keeps the operator log
 BERTH_PID=
 
 log() { echo "[bench-k8s $(date -u +%T)] $*" >&2; }
@@ -103,7 +105,7 @@ status_of() { awk -v p="^$1 " '$0 ~ p {print $2; exit}' "/proc/$BERTH_PID/status
 
 log "starting $BERTH operator"
 RUST_LOG=${RUST_LOG:-warn} "$BERTH" operator --leader-elect=false --http-addr "$HTTP" \
-  >"$WORK/berth.log" 2>&1 &
+  >"$LOGFILE" 2>&1 &
 BERTH_PID=$!
 started=$(date +%s)
 
@@ -111,8 +113,8 @@ started=$(date +%s)
 # no write for 20 s.
 deadline=$((started + ${CONVERGE_TIMEOUT:-1800}))
 while :; do
-  ((($(date +%s)) < deadline)) || { tail -n 30 "$WORK/berth.log"; echo "not converged" >&2; exit 1; }
-  kill -0 "$BERTH_PID" 2>/dev/null || { tail -n 30 "$WORK/berth.log"; echo "berth exited" >&2; exit 1; }
+  ((($(date +%s)) < deadline)) || { tail -n 30 "$LOGFILE"; echo "not converged" >&2; exit 1; }
+  kill -0 "$BERTH_PID" 2>/dev/null || { tail -n 30 "$LOGFILE"; echo "berth exited" >&2; exit 1; }
   # A busy apiserver may time a read out: try again at the next round.
   gens=$(k get appstacks -A -o jsonpath='{range .items[*]}{.metadata.generation}={.status.observedGeneration}{"\n"}{end}') ||
     { sleep 10; continue; }

@@ -19,12 +19,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, Controller, WatchStreamExt};
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{predicates, watcher, Controller, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Worker;
+use crate::api::{AppStack, Worker};
 use crate::autoscale::Driver;
 use crate::controller::synced::Synced;
 
@@ -45,13 +45,15 @@ const GC_INTERVAL: Duration = Duration::from_secs(30);
 /// The context of a controller over `client` (also what tests drive without watches: with
 /// an empty Deployment cache every reconcile applies).
 pub fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
-    context_with(client, metrics, reflector::store().0)
+    context_with(client, metrics, reflector::store().0, reflector::store().0)
 }
 
-fn context_with(
+/// [`context`] over given caches of Deployments and AppStacks (what the watches fill).
+pub fn context_with(
     client: Client,
     metrics: Arc<Metrics>,
     deployments: Store<Deployment>,
+    stacks: Store<DeserializeGuard<AppStack>>,
 ) -> Arc<Context> {
     let recorder = Recorder::new(
         client.clone(),
@@ -68,6 +70,7 @@ fn context_with(
         shared,
         driver,
         deployments,
+        stacks,
     })
 }
 
@@ -99,20 +102,16 @@ pub async fn run_synced(
     synced: Synced,
     keyspace_notifications: bool,
 ) -> Result<(), WorkersError> {
-    let (workers, deployments): (Api<DeserializeGuard<Worker>>, Api<Deployment>) = match &namespace
-    {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let workers: Api<DeserializeGuard<Worker>> = scoped(&client, namespace.as_deref());
+    let deployments: Api<Deployment> = scoped(&client, namespace.as_deref());
+    let stacks: Api<DeserializeGuard<AppStack>> = scoped(&client, namespace.as_deref());
     workers
         .list(&ListParams::default().limit(1))
         .await
         .map_err(WorkersError::CannotList)?;
     let (deployment_store, writer) = reflector::store();
-    let ctx = context_with(client, metrics, deployment_store);
+    let (stack_store, stack_writer) = reflector::store();
+    let ctx = context_with(client, metrics, deployment_store, stack_store);
 
     let driver = ctx.driver.clone();
     driver.set_keyspace_notifications(keyspace_notifications);
@@ -134,8 +133,20 @@ pub async fn run_synced(
         watcher::Config::default().any_semantic(),
         synced,
     );
+    // The AppStacks Workers refer to, from a cache (a resync reads nothing): a spec change of
+    // a stack reconciles its Workers; its status changes do not.
+    let stack_changes = watcher(stacks, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s: &mut DeserializeGuard<AppStack>| s.managed_fields_mut().clear())
+        .reflect(stack_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let worker_index = reader.clone();
     let controller = Controller::for_stream(trigger, reader)
         .owns_stream(owned)
+        .watches_stream(stack_changes, move |stack| {
+            workers_of_stack(&worker_index, &stack)
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();
 
@@ -174,4 +185,33 @@ pub async fn run_synced(
     let _ = autoscaler.await;
     let _ = gc.await;
     Ok(())
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The Workers whose `appStackRef` names `stack` (those an AppStack owns name it too).
+pub fn workers_of_stack(
+    workers: &Store<DeserializeGuard<Worker>>,
+    stack: &DeserializeGuard<AppStack>,
+) -> Vec<ObjectRef<DeserializeGuard<Worker>>> {
+    let ns = stack.namespace();
+    let name = stack.name_any();
+    workers
+        .state()
+        .iter()
+        .filter(|w| w.namespace() == ns)
+        .filter(|w| match &w.0 {
+            Ok(worker) => worker.spec.app_stack_ref.as_deref() == Some(name.as_str()),
+            Err(_) => false,
+        })
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
 }

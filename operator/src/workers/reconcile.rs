@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use tracing::Instrument;
 
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
@@ -26,8 +27,13 @@ use super::build;
 use super::state::{KubeTarget, Shared};
 use crate::status::Cond;
 
-/// How often a Worker is reconciled without any event (picks up a rotated Redis Secret).
+/// How often a Worker is reconciled without any event. It reads nothing from the API server
+/// unless something is due (see [`SECRET_REFRESH`]).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// The Redis Secret of a Worker is read again when the Worker or its AppStack changed, once
+/// when the queue probe starts failing (rotated credentials are picked up at the next
+/// reconcile), and at the latest after this long.
+pub const SECRET_REFRESH: Duration = Duration::from_secs(3600);
 /// Retry delay for a Worker that cannot be carried out yet (a missing Secret or AppStack).
 pub const RETRY: Duration = Duration::from_secs(30);
 /// Optional key of the Redis Secret with the CA certificate of a `rediss://` server.
@@ -40,6 +46,9 @@ pub struct Context {
     /// The Worker Deployments as the watch last saw them: a Deployment already as desired is
     /// not applied again (an idle Worker sends no writes).
     pub deployments: Store<Deployment>,
+    /// The AppStacks as their watch last saw them: the one a Worker refers to is read from
+    /// here (an API read only when it is not in the cache, e.g. before the first list).
+    pub stacks: Store<DeserializeGuard<AppStack>>,
 }
 
 /// The first retry delay after a failed reconcile; doubles per failure up to `BACKOFF_MAX`.
@@ -86,7 +95,13 @@ pub async fn reconcile(
             return Ok(Action::await_change());
         }
     };
-    let result = reconcile_worker(worker, &ctx).await;
+    // The span is attached to the future, not entered: a guard held across an await would
+    // nest the spans of every reconcile that ran on this thread meanwhile.
+    let span = tracing::info_span!(
+        "reconcile",
+        worker = %worker_id(&worker.namespace().unwrap_or_default(), &worker.name_any())
+    );
+    let result = reconcile_worker(worker, &ctx).instrument(span).await;
     if let Some(ns) = worker.namespace() {
         let id = worker_id(&ns, &worker.name_any());
         ctx.shared.with(&id, |rt| {
@@ -104,8 +119,6 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
     let ns = worker.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = worker.name_any();
     let id = worker_id(&ns, &name);
-    let span = tracing::info_span!("reconcile", worker = %id);
-    let _enter = span.enter();
     ctx.shared.metrics.reconciles.inc();
     let client = ctx.shared.client.clone();
     let spec = &worker.spec;
@@ -125,17 +138,23 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
     // Dereference.
     let stack = match &spec.app_stack_ref {
         None => None,
-        Some(s) => match Api::<AppStack>::namespaced(client.clone(), &ns)
-            .get_opt(s)
-            .await?
-        {
-            Some(st) => Some(st),
-            None => {
+        Some(s) => match find_stack(ctx, &ns, s).await? {
+            Ok(Some(st)) => Some(st),
+            Ok(None) => {
                 let c = Cond::new(
                     "Ready",
                     false,
                     "StackNotFound",
                     format!("AppStack {s} (appStackRef) does not exist in namespace {ns}: create it or fix appStackRef"),
+                );
+                return hold(ctx, &id, c).await;
+            }
+            Err(invalid) => {
+                let c = Cond::new(
+                    "Ready",
+                    false,
+                    "StackInvalid",
+                    format!("AppStack {s} (appStackRef) cannot be read ({invalid}): fix it so it matches the AppStack CRD"),
                 );
                 return hold(ctx, &id, c).await;
             }
@@ -177,9 +196,31 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                     .await
                 }
             };
-            let redis = match redis_target(&client, &ns, worker, stack.as_ref()).await? {
+            let secret_ref = match redis_secret_ref(worker, stack.as_ref()) {
                 Ok(r) => r,
                 Err(c) => return hold(ctx, &id, c).await,
+            };
+            let read_for = format!(
+                "{}/{}@{:?}/{:?}",
+                secret_ref.name,
+                secret_ref.key,
+                worker.metadata.generation,
+                stack.as_ref().and_then(|s| s.metadata.generation)
+            );
+            let cached = ctx
+                .shared
+                .with(&id, |rt| rt.cached_redis(&read_for, SECRET_REFRESH))
+                .flatten();
+            let redis = match cached {
+                Some(r) => r,
+                None => match read_redis_secret(&client, &ns, &secret_ref).await? {
+                    Ok(r) => {
+                        ctx.shared
+                            .with(&id, |rt| rt.remember_redis(read_for, r.clone()));
+                        r
+                    }
+                    Err(c) => return hold(ctx, &id, c).await,
+                },
             };
             Some(WorkerEntry {
                 id: id.clone(),
@@ -280,35 +321,56 @@ async fn hold(ctx: &Context, id: &str, c: Cond) -> Result<Action, ReconcileError
     Ok(Action::requeue(RETRY))
 }
 
-/// Where the Worker's queue lives: its own `queue.redis` Secret, else its AppStack's Redis.
-/// The outer error is an API failure (retried); the inner one a condition to show.
-async fn redis_target(
-    client: &kube::Client,
+/// The AppStack named `name`: from the cache, else (not listed yet, or really missing) from
+/// the API server. `Err` is a stack that does not match the CRD.
+async fn find_stack(
+    ctx: &Context,
     ns: &str,
-    worker: &Worker,
-    stack: Option<&AppStack>,
-) -> Result<Result<RedisTarget, Cond>, kube::Error> {
+    name: &str,
+) -> Result<Result<Option<AppStack>, String>, kube::Error> {
+    let guarded = match ctx.stacks.get(&ObjectRef::new(name).within(ns)) {
+        Some(g) => Some(g),
+        None => Api::<DeserializeGuard<AppStack>>::namespaced(ctx.shared.client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(Arc::new),
+    };
+    Ok(match guarded.as_deref() {
+        None => Ok(None),
+        Some(DeserializeGuard(Ok(stack))) => Ok(Some(stack.clone())),
+        Some(DeserializeGuard(Err(invalid))) => Err(invalid.error.clone()),
+    })
+}
+
+/// Which Secret key holds the Worker's Redis URL: its own `queue.redis`, else its AppStack's
+/// Redis. `Err` is a condition to show.
+fn redis_secret_ref(worker: &Worker, stack: Option<&AppStack>) -> Result<SecretKeyRef, Cond> {
     let no_redis = |msg: String| Err(Cond::new("Ready", false, "RedisNotConfigured", msg));
-    let secret_ref: SecretKeyRef = match (&worker.spec.queue.redis, stack) {
-        (Some(r), _) => r.url_secret_ref.clone(),
+    match (&worker.spec.queue.redis, stack) {
+        (Some(r), _) => Ok(r.url_secret_ref.clone()),
         (None, Some(st)) => match stack_urls(&st.name_any(), &st.spec).redis {
             Some(UrlSource {
                 value: EnvValue::Secret(r) | EnvValue::Generated(r),
                 ..
-            }) => r,
-            _ => {
-                return Ok(no_redis(format!(
+            }) => Ok(r),
+            _ => no_redis(format!(
                 "AppStack {} has no redis: add spec.redis to it or set queue.redis on the Worker",
                 st.name_any()
-            )))
-            }
+            )),
         },
-        (None, None) => {
-            return Ok(no_redis(
-                "set queue.redis.urlSecretRef or appStackRef so berth can read the queue".into(),
-            ))
-        }
-    };
+        (None, None) => no_redis(
+            "set queue.redis.urlSecretRef or appStackRef so berth can read the queue".into(),
+        ),
+    }
+}
+
+/// Where the Worker's queue lives, read from the Secret `secret_ref` names.
+/// The outer error is an API failure (retried); the inner one a condition to show.
+async fn read_redis_secret(
+    client: &kube::Client,
+    ns: &str,
+    secret_ref: &SecretKeyRef,
+) -> Result<Result<RedisTarget, Cond>, kube::Error> {
     let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&secret_ref.name)
         .await?

@@ -15,7 +15,9 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
 
 use crate::api::{Worker, WorkerStatus};
-use crate::autoscale::{PollOutcome, ProbeError, ScaleChange, ScaleTarget, TargetError, WorkerId};
+use crate::autoscale::{
+    PollOutcome, ProbeError, RedisTarget, ScaleChange, ScaleTarget, TargetError, WorkerId,
+};
 use crate::k8s::meta::MANAGER;
 
 use super::build::differs_beyond_depth;
@@ -59,9 +61,44 @@ pub struct Runtime {
     /// Consecutive failed reconciles, for the exponential backoff.
     pub failures: u32,
     pub last_write: Option<Instant>,
+    /// The Redis target last read from the Worker's Secret.
+    pub redis: Option<CachedRedis>,
+}
+
+/// A Redis target read from a Secret, and for what.
+#[derive(Clone, Debug)]
+pub struct CachedRedis {
+    /// Secret, key and the generations of the Worker and its AppStack it was read for.
+    pub read_for: String,
+    pub read_at: Instant,
+    /// The queue probe was failing when it was read (so a failure is not a reason to read it
+    /// again until a probe succeeded).
+    pub read_while_failing: bool,
+    pub target: RedisTarget,
 }
 
 impl Runtime {
+    /// The cached Redis target, unless it was read for something else, is older than
+    /// `refresh`, or the probe started failing since it was read (rotated credentials).
+    pub fn cached_redis(&self, read_for: &str, refresh: Duration) -> Option<RedisTarget> {
+        let c = self.redis.as_ref()?;
+        let failing = matches!(self.queue, Some(Err(_)));
+        (c.read_for == read_for
+            && c.read_at.elapsed() < refresh
+            && (!failing || c.read_while_failing))
+            .then(|| c.target.clone())
+    }
+
+    /// Remembers a Redis target just read from its Secret.
+    pub fn remember_redis(&mut self, read_for: String, target: RedisTarget) {
+        self.redis = Some(CachedRedis {
+            read_for,
+            read_at: Instant::now(),
+            read_while_failing: matches!(self.queue, Some(Err(_))),
+            target,
+        });
+    }
+
     /// The Worker as the shared status rules see it: its one component.
     pub fn facts(&self) -> Facts {
         let desired = self.desired.unwrap_or(self.deployment_replicas);
@@ -274,6 +311,11 @@ impl ScaleTarget for KubeTarget {
             .map_err(Clone::clone);
         let Some((ns, name)) = self.shared.with(id, |rt| {
             rt.queue = Some(queue.clone());
+            if queue.is_ok() {
+                if let Some(c) = rt.redis.as_mut() {
+                    c.read_while_failing = false;
+                }
+            }
             if outcome.decision.desired >= 0 {
                 rt.desired = Some(outcome.decision.desired);
             }
