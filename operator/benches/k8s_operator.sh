@@ -52,6 +52,10 @@ cleanup() {
 trap cleanup EXIT
 
 [[ -x $BERTH ]] || { echo "no berth binary at $BERTH (make bench-k8s builds it)" >&2; exit 2; }
+if curl -fsS -o /dev/null "http://$HTTP/metrics" 2>/dev/null; then
+  echo "something already serves http://$HTTP (a berth left running?): stop it or set BENCH_HTTP" >&2
+  exit 2
+fi
 avail=$(df --output=avail -k / | tail -n1)
 ((avail > 3 * 1024 * 1024)) || { echo "less than 3 GB free on /: not starting a cluster" >&2; exit 2; }
 

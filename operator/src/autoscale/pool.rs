@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline, Value};
@@ -16,6 +16,17 @@ use redis::{AsyncConnectionConfig, Client, Pipeline, Value};
 /// How long connecting, and one round trip, may take before the probe counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed dial the next one waits 1 s, doubling per failure up to this; meanwhile
+/// the probe fails at once with the last error. (Dialling on every tick of a Redis that is
+/// down made one DNS lookup per Worker per tick, each on a blocking thread.)
+pub const REDIAL_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before dialling again after `failures` failed dials in a row (at least one).
+pub fn redial_delay(failures: u32) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(REDIAL_MAX)
+}
 
 /// Where a queue lives: a `redis://` or `rediss://` URL and, for TLS with a private CA, the
 /// CA certificate (PEM). Both are secret material; `Debug` shows the redacted URL only.
@@ -92,6 +103,9 @@ pub struct Conn {
     client: Result<Client, PoolError>,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     round_trips: AtomicU64,
+    dials: AtomicU64,
+    /// The last failed dial: not before `.0` again; `.1` failures in a row; `.2` the error.
+    failed: Mutex<Option<(Instant, u32, PoolError)>>,
 }
 
 impl Pool {
@@ -132,7 +146,14 @@ impl Conn {
             client,
             conn: tokio::sync::Mutex::new(None),
             round_trips: AtomicU64::new(0),
+            dials: AtomicU64::new(0),
+            failed: Mutex::new(None),
         }
+    }
+
+    /// Connection attempts so far.
+    pub fn dials(&self) -> u64 {
+        self.dials.load(Ordering::Relaxed)
     }
 
     /// Round trips sent so far (for benchmarks and metrics).
@@ -151,20 +172,41 @@ impl Conn {
             match slot.as_ref() {
                 Some(c) => c.clone(),
                 None => {
+                    let last_failure = {
+                        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                        failed.as_ref().map(|(at, n, e)| (*at, *n, e.clone()))
+                    };
+                    if let Some((not_before, _, e)) = &last_failure {
+                        if Instant::now() < *not_before {
+                            return Err(e.clone());
+                        }
+                    }
                     // rediss:// relies on the process-wide rustls provider.
                     crate::tls::install_default_provider();
                     let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
                         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                    let c = client
+                    self.dials.fetch_add(1, Ordering::Relaxed);
+                    let dialled = client
                         .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map_err(|e| PoolError::Connect {
-                            url: url.clone(),
-                            message: scrub(&e.to_string(), &self.target),
-                        })?;
-                    *slot = Some(c.clone());
-                    c
+                        .await;
+                    let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                    match dialled {
+                        Ok(c) => {
+                            *failed = None;
+                            *slot = Some(c.clone());
+                            c
+                        }
+                        Err(e) => {
+                            let err = PoolError::Connect {
+                                url: url.clone(),
+                                message: scrub(&e.to_string(), &self.target),
+                            };
+                            let n = last_failure.map_or(1, |(_, n, _)| n.saturating_add(1));
+                            *failed = Some((Instant::now() + redial_delay(n), n, err.clone()));
+                            return Err(err);
+                        }
+                    }
                 }
             }
         };
@@ -223,6 +265,43 @@ fn password_of(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redial_waits_double_up_to_ten_seconds() {
+        let secs: Vec<u64> = (1..8).map(|n| redial_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(redial_delay(u32::MAX), REDIAL_MAX);
+    }
+
+    /// A Redis that refuses connections is dialled once, not on every probe, until the wait is
+    /// over; the probes in between fail at once with the same error.
+    #[tokio::test]
+    async fn a_failed_dial_is_not_repeated_before_its_wait() {
+        // A port nothing listens on: bind, note the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let conn = Conn::new(RedisTarget::new(
+            format!("redis://:pw@127.0.0.1:{port}/0"),
+            None,
+        ));
+        let pipe = redis::pipe();
+        let first = conn.query(&pipe).await.unwrap_err();
+        assert!(matches!(first, PoolError::Connect { .. }), "{first}");
+        for _ in 0..5 {
+            assert_eq!(conn.query(&pipe).await.unwrap_err(), first);
+        }
+        assert_eq!(conn.dials(), 1, "probes during the wait do not dial");
+        // After the wait (1 s for a first failure) it dials again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conn.dials() < 2 {
+            assert!(Instant::now() < deadline, "no second dial within 5 s");
+            let _ = conn.query(&pipe).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(conn.dials(), 2);
+    }
 
     #[test]
     fn redaction() {

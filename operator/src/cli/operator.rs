@@ -58,8 +58,11 @@ pub enum OperatorError {
 
 pub fn run(args: OperatorArgs) -> u8 {
     init_logging(args.log_format);
+    // Blocking threads serve DNS lookups (Redis dials) and file reads: a bounded pool keeps a
+    // burst of lookups from starting hundreds of threads (each with its stack and malloc arena).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(32)
         .build()
     {
         Ok(r) => r,
