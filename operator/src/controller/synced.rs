@@ -70,3 +70,17 @@ where
         .applied_objects();
     (stream, reader)
 }
+
+/// How many objects one controller reconciles at a time. Unbounded (kube's default), a start
+/// with 1,000 AppStacks ran 1,000 reconciles at once: every plan, desired object and response
+/// in memory together, and a burst the API server answered with 504s.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 8;
+
+/// The run settings of berth's controllers: bounded concurrency, and `debounce` to merge a
+/// burst of events for one object (a new stack's children appearing one by one) into one
+/// reconcile.
+pub fn controller_config(debounce: std::time::Duration) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .concurrency(MAX_CONCURRENT_RECONCILES)
+        .debounce(debounce)
+}

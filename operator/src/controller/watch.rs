@@ -74,7 +74,9 @@ pub async fn run_synced(
         watcher::Config::default().any_semantic(),
         main_synced.clone(),
     );
-    let controller = Controller::for_stream(trigger, reader);
+    // Creating a stack's children fires one event per child: merged into one reconcile.
+    let controller = Controller::for_stream(trigger, reader)
+        .with_config(synced::controller_config(Duration::from_millis(500)));
     let stacks = controller.store();
     let c = &client;
     let controller = controller

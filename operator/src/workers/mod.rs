@@ -143,6 +143,9 @@ pub async fn run_synced(
         .predicate_filter(predicates::generation, Default::default());
     let worker_index = reader.clone();
     let controller = Controller::for_stream(trigger, reader)
+        .with_config(crate::controller::synced::controller_config(
+            Duration::from_millis(200),
+        ))
         .owns_stream(owned)
         .watches_stream(stack_changes, move |stack| {
             workers_of_stack(&worker_index, &stack)

@@ -197,6 +197,9 @@ async fn run_inner(
         synced,
     );
     Controller::for_stream(trigger, reader)
+        .with_config(crate::controller::synced::controller_config(
+            std::time::Duration::from_millis(200),
+        ))
         .owns_stream(owned)
         .watches(jobs, managed, |job: Job| {
             let name = job.labels().get(BACKUP_LABEL).cloned()?;

@@ -176,6 +176,9 @@ pub async fn run_with(
         Some(ObjectRef::<Certificate>::new(&name?).within(&ns?))
     };
     Controller::new(certs, watcher::Config::default())
+        .with_config(crate::controller::synced::controller_config(
+            std::time::Duration::from_millis(200),
+        ))
         .owns(cron_jobs, labelled.clone())
         .watches(secrets, labelled.clone(), move |s: Secret| {
             by_label(&|| (s.labels().get(CERT_LABEL).cloned(), s.namespace()))
