@@ -93,8 +93,15 @@ pub struct Context {
     pub image: String,
     /// The CronJobs as the watch last saw them: one already as desired is not applied again.
     pub cron_jobs: Store<CronJob>,
+    /// The AppStacks as their watch last saw them (an API read only for one not in it).
+    pub stacks: Store<DeserializeGuard<AppStack>>,
+    /// The Backups' Jobs as their watch last saw them; `None` (no watch running): listed.
+    pub jobs: Option<Store<Job>>,
+    /// The hash of the volume claim last applied per Backup (`namespace/name`): applied again
+    /// only when it changes (a claim's spec is immutable but for its size).
+    pub(crate) applied_claims: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Consecutive failed reconciles per Backup (`namespace/name`), for the backoff.
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    pub(crate) failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -112,6 +119,9 @@ impl Context {
             recorder,
             image,
             cron_jobs: reflector::store().0,
+            stacks: reflector::store().0,
+            jobs: None,
+            applied_claims: Default::default(),
             failures: Default::default(),
         }
     }
@@ -181,15 +191,36 @@ async fn run_inner(
                 Api::all(client.clone()),
             ),
         };
+    let stacks: Api<DeserializeGuard<AppStack>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let (store, writer) = reflector::store();
+    let (stack_store, stack_writer) = reflector::store();
+    let (job_store, job_writer) = reflector::store();
     let ctx = Arc::new(Context {
         cron_jobs: store,
+        stacks: stack_store,
+        jobs: Some(job_store),
         ..Context::new(client, metrics, image)
     });
     let managed = watcher::Config::default().labels(BACKUP_LABEL);
     let owned = watcher(cron_jobs, managed.clone().any_semantic())
         .default_backoff()
+        .modify(|c: &mut CronJob| c.managed_fields_mut().clear())
         .reflect(writer)
+        .applied_objects();
+    // A periodic reconcile reads its AppStack and Jobs from these caches: no request.
+    let stack_cache = watcher(stacks, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s: &mut DeserializeGuard<AppStack>| s.managed_fields_mut().clear())
+        .reflect(stack_writer)
+        .for_each(|_| futures::future::ready(()));
+    let stack_cache = tokio::spawn(stack_cache);
+    let job_events = watcher(jobs, managed.clone().any_semantic())
+        .default_backoff()
+        .modify(|j: &mut Job| j.managed_fields_mut().clear())
+        .reflect(job_writer)
         .applied_objects();
     let (trigger, reader) = crate::controller::synced::main_watch(
         backups,
@@ -201,7 +232,7 @@ async fn run_inner(
             std::time::Duration::from_millis(200),
         ))
         .owns_stream(owned)
-        .watches(jobs, managed, |job: Job| {
+        .watches_stream(job_events, |job: Job| {
             let name = job.labels().get(BACKUP_LABEL).cloned()?;
             let ns = job.namespace()?;
             Some(ObjectRef::<DeserializeGuard<Backup>>::new(&name).within(&ns))
@@ -214,6 +245,7 @@ async fn run_inner(
             }
         })
         .await;
+    stack_cache.abort();
     Ok(())
 }
 
@@ -292,7 +324,7 @@ type DatabaseRef = (SecretKeyRef, Option<String>, Option<String>);
 /// Where the database URL comes from, or why it cannot be known yet.
 async fn database_ref(
     backup: &Backup,
-    client: &Client,
+    ctx: &Context,
     ns: &str,
 ) -> Result<Result<DatabaseRef, (&'static str, String)>, BackupError> {
     if let Some(r) = &backup.spec.database.url_secret_ref {
@@ -304,8 +336,7 @@ async fn database_ref(
             "set database.appStackRef or database.urlSecretRef".into(),
         )));
     };
-    let stacks: Api<AppStack> = Api::namespaced(client.clone(), ns);
-    let Some(s) = stacks.get_opt(stack).await? else {
+    let Some(s) = find_stack(ctx, ns, stack).await? else {
         return Ok(Err((
             "AppStackNotFound",
             format!("AppStack {stack:?} does not exist in namespace {ns}; create it or fix database.appStackRef"),
@@ -330,6 +361,29 @@ async fn database_ref(
     }
 }
 
+/// The AppStack `name`: from the cache, else (not listed yet, or really missing) from the API
+/// server. One that does not match the CRD is an API-style error.
+async fn find_stack(ctx: &Context, ns: &str, name: &str) -> Result<Option<AppStack>, BackupError> {
+    let guarded = match ctx.stacks.get(&ObjectRef::new(name).within(ns)) {
+        Some(g) => Some(g),
+        None => Api::<DeserializeGuard<AppStack>>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(Arc::new),
+    };
+    match guarded.as_deref() {
+        None => Ok(None),
+        Some(DeserializeGuard(Ok(stack))) => Ok(Some(stack.clone())),
+        Some(DeserializeGuard(Err(invalid))) => Err(kube::Error::SerdeError(
+            <serde_json::Error as serde::de::Error>::custom(format!(
+                "AppStack {name} does not match the AppStack CRD: {}",
+                invalid.error
+            )),
+        )
+        .into()),
+    }
+}
+
 /// One reconcile of one Backup.
 #[instrument(skip_all, fields(backup = %backup.name_any()))]
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, BackupError> {
@@ -340,7 +394,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     let previous = backup.status.clone();
     let apply = PatchParams::apply(MANAGER).force();
 
-    let (database_url, stack, stack_image) = match database_ref(&backup, client, &ns).await? {
+    let (database_url, stack, stack_image) = match database_ref(&backup, &ctx, &ns).await? {
         Ok(r) => r,
         Err((reason, message)) => {
             let st = blocked_status(&backup, reason, message, previous.as_ref(), Utc::now());
@@ -357,9 +411,25 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     };
 
     if let Some(claim) = pvc(&backup) {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        pvcs.patch(&claim.name_any(), &apply, &Patch::Apply(&claim))
-            .await?;
+        let key = format!("{ns}/{name}");
+        let hash = crate::controller::diff::hash(
+            &serde_json::to_value(&claim).map_err(kube::Error::SerdeError)?,
+        );
+        let applied = ctx
+            .applied_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            == Some(&hash);
+        if !applied {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            pvcs.patch(&claim.name_any(), &apply, &Patch::Apply(&claim))
+                .await?;
+            ctx.applied_claims
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, hash);
+        }
     }
     let cj = cron_job(&backup, &inputs);
     let mut desired = serde_json::to_value(&cj).map_err(kube::Error::SerdeError)?;
@@ -378,7 +448,18 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
 
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
     let selector = ListParams::default().labels(&format!("{BACKUP_LABEL}={name}"));
-    let mut jobs = jobs_api.list(&selector).await?.items;
+    let mut jobs = match &ctx.jobs {
+        Some(store) => store
+            .state()
+            .iter()
+            .filter(|j| {
+                j.namespace().as_deref() == Some(ns.as_str())
+                    && j.labels().get(BACKUP_LABEL) == Some(&name)
+            })
+            .map(|j| (**j).clone())
+            .collect(),
+        None => jobs_api.list(&selector).await?.items,
+    };
 
     if let Some(value) = backup_now_value(&backup) {
         if !now_job_exists(&jobs, value) {
@@ -408,8 +489,13 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pods = pods.list(&selector).await?.items;
+    // The pods' termination reports, for the Jobs' outcome: none to read without Jobs.
+    let pods = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.list(&selector).await?.items
+    };
     let observed: Vec<_> = jobs.iter().map(|j| observe(j, &pods)).collect();
     let st = status_from_jobs(&backup, &observed, previous.as_ref(), Utc::now());
     let newly_failed = ready_reason(Some(&st)) == Some("BackupFailed")

@@ -2,6 +2,10 @@
 //! request's method, path and body.
 
 use super::*;
+use crate::api::AppStack;
+use kube::core::DeserializeGuard;
+use kube::runtime::{reflector, watcher};
+use std::time::Duration;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Answers the next request after checking its method, path and query parts; `reply` turns the
@@ -321,4 +325,92 @@ async fn missing_app_stack_sets_ready_false() {
     });
     reconcile(Arc::new(b), ctx).await.unwrap();
     server.await.unwrap();
+}
+
+/// With the controller's caches (AppStacks, Jobs, CronJobs) a periodic reconcile of an
+/// unchanged Backup sends nothing: no AppStack read, no Job or Pod list, the volume claim and
+/// the CronJob not applied again, the status unchanged.
+#[tokio::test]
+async fn a_resync_of_an_unchanged_backup_sends_no_request() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "prod");
+    let metrics = Arc::new(Metrics::default());
+    let stack: DeserializeGuard<AppStack> = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+        "metadata": {"name": "vidgen", "namespace": "prod", "uid": "u-s"},
+        "spec": {"api": {"image": "a:1"}, "postgres": {"version": "16"}}
+    }))
+    .unwrap();
+    let (stacks, mut stack_writer) = reflector::store();
+    stack_writer.apply_watcher_event(&watcher::Event::Apply(stack));
+    let (cron_jobs, mut cron_writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        stacks,
+        cron_jobs,
+        jobs: Some(reflector::store().0),
+        ..Context::new(client, metrics, "berth:test".into())
+    });
+    let b = backup(json!({"spec": {"database": {"urlSecretRef": null, "appStackRef": "vidgen"}}}));
+    let object = serde_json::to_value(&b).unwrap();
+
+    // First reconcile: the claim, the CronJob and the status; nothing read.
+    let server = tokio::spawn(async move {
+        let claim = expect(
+            &mut handle,
+            "PATCH",
+            "/api/v1/namespaces/prod/persistentvolumeclaims/*",
+            &APPLY,
+            echo,
+        )
+        .await;
+        assert_eq!(claim["kind"], "PersistentVolumeClaim");
+        let cj = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/batch/v1/namespaces/prod/cronjobs/vidgen",
+            &APPLY,
+            echo,
+        )
+        .await;
+        let st = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/berth.dev/v1alpha1/namespaces/prod/backups/vidgen/status",
+            &APPLY,
+            with_status(object),
+        )
+        .await;
+        (handle, cj, st)
+    });
+    reconcile(Arc::new(b.clone()), ctx.clone()).await.unwrap();
+    let (mut handle, cj, st) = server.await.unwrap();
+    // The watch sees the applied CronJob; the Backup carries the status written.
+    cron_writer.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(cj).unwrap()));
+    let mut b2 = b.clone();
+    b2.status = Some(serde_json::from_value(st["status"].clone()).unwrap());
+
+    // A request would wait for an answer nobody sends: the reconcile must end by itself.
+    let resync = tokio::spawn(tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(b2), ctx.clone()),
+    ));
+    let first = tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await;
+    assert!(
+        first.is_err(),
+        "the resync sent {:?}",
+        first
+            .ok()
+            .flatten()
+            .map(|(r, _)| format!("{} {}", r.method(), r.uri()))
+    );
+    resync.await.unwrap().expect("the resync ended").unwrap();
+    let extra = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
+    assert!(
+        extra.is_err(),
+        "the resync sent {:?}",
+        extra
+            .ok()
+            .flatten()
+            .map(|(r, _)| format!("{} {}", r.method(), r.uri()))
+    );
 }
