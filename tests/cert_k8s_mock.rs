@@ -229,3 +229,49 @@ async fn acme_applies_the_cron_job_and_starts_the_first_job() {
         .unwrap();
     assert_eq!(issuing["status"], "True");
 }
+
+/// A resync of an ACME Certificate whose issuance is under way (its Job exists) reads the
+/// Secret and nothing else: the renewer account and CronJob are not applied again, no Job is
+/// created again, the unchanged status not written.
+#[tokio::test]
+async fn acme_resync_while_issuing_reads_only_the_secret() {
+    let written = Arc::new(Mutex::new(None::<Value>));
+    let w2 = written.clone();
+    let api = mock_api(Arc::new(move |r: &Recorded| {
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => (404, status(404, "NotFound")),
+            ("PATCH", p) if p.ends_with("/status") => {
+                *w2.lock().unwrap() = r.body.as_ref().map(|b| b["status"].clone());
+                (200, answered(r))
+            }
+            ("PATCH", _) => (200, answered(r)),
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let (jobs, mut job_writer) = kube::runtime::reflector::store();
+    let mut ctx = Context::new(api.client.clone(), Arc::new(Metrics::default()));
+    ctx.jobs.ingress_class = Some("nginx".into());
+    ctx.job_cache = Some(jobs);
+    let ctx = Arc::new(ctx);
+    let spec = json!({"secretName": "web-tls", "dnsNames": ["web.example.test"], "issuer": {"acme": {"email": "ops@example.test"}}});
+    reconcile(Arc::new(cert(spec.clone(), None)), ctx.clone())
+        .await
+        .unwrap();
+    let first = api.take();
+    let job = first
+        .iter()
+        .find(|r| r.method == "POST" && r.path().ends_with("/jobs"))
+        .and_then(|r| r.body.clone())
+        .expect("the first issuance Job");
+    // The Job watch sees the Job; the Certificate carries the status written.
+    job_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(job).unwrap(),
+    ));
+    let status_now = written.lock().unwrap().clone();
+    reconcile(Arc::new(cert(spec, status_now)), ctx)
+        .await
+        .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /api/v1/namespaces/prod/secrets/web-tls"]);
+}

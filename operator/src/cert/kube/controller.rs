@@ -17,8 +17,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -107,6 +107,12 @@ pub struct Context {
     /// ingress class (the operator's `--ingress-class`) and a ConfigMap with the ACME server's
     /// CA (`BERTH_ACME_CA_CONFIGMAP`).
     pub jobs: JobSettings,
+    /// The renewal Jobs as their watch last saw them; `None` (no watch running): a Job is
+    /// created and a conflict means it exists.
+    pub job_cache: Option<Store<Job>>,
+    /// Hash of the renewer account and CronJob last applied per Certificate (`namespace/name`):
+    /// applied again only when they change (or after a restart).
+    pub(crate) applied: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -133,6 +139,8 @@ impl Context {
                     .ok()
                     .filter(|s| !s.is_empty()),
             },
+            job_cache: None,
+            applied: Default::default(),
         }
     }
 }
@@ -169,8 +177,17 @@ pub async fn run_with(
                 Api::all(client.clone()),
             ),
         };
-    let ctx = Arc::new(ctx);
     let labelled = watcher::Config::default().labels(CERT_LABEL);
+    let (job_store, job_writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        job_cache: Some(job_store),
+        ..ctx
+    });
+    let job_events = watcher(jobs, labelled.clone())
+        .default_backoff()
+        .modify(|j: &mut Job| j.managed_fields_mut().clear())
+        .reflect(job_writer)
+        .applied_objects();
     let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
         let (name, ns) = o();
         Some(ObjectRef::<Certificate>::new(&name?).within(&ns?))
@@ -183,7 +200,7 @@ pub async fn run_with(
         .watches(secrets, labelled.clone(), move |s: Secret| {
             by_label(&|| (s.labels().get(CERT_LABEL).cloned(), s.namespace()))
         })
-        .watches(jobs, labelled, move |j: Job| {
+        .watches_stream(job_events, move |j: Job| {
             by_label(&|| (j.labels().get(CERT_LABEL).cloned(), j.namespace()))
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
@@ -251,14 +268,34 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     };
 
     if is_acme(&cert) {
-        if ctx.jobs.service_account.is_none() {
-            apply_renewer_account(client, &ns, &cert).await?;
-        }
         let cj = renewal_cron_job(&cert, &ctx.jobs);
-        let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-        cron_jobs
-            .patch(&cj.name_any(), &apply, &Patch::Apply(&cj))
-            .await?;
+        let key = format!("{ns}/{name}");
+        let own_account = ctx.jobs.service_account.is_none();
+        let hash = crate::controller::diff::hash(&serde_json::json!([
+            own_account.then(|| rbac::service_account(&cert)),
+            own_account.then(|| rbac::role(&cert)),
+            own_account.then(|| rbac::role_binding(&cert)),
+            &cj,
+        ]));
+        let applied = ctx
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            == Some(&hash);
+        if !applied {
+            if own_account {
+                apply_renewer_account(client, &ns, &cert).await?;
+            }
+            let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+            cron_jobs
+                .patch(&cj.name_any(), &apply, &Patch::Apply(&cj))
+                .await?;
+            ctx.applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, hash);
+        }
         let outcome = match decision {
             // Nothing stored yet, or asked for: a Job at once. Otherwise the CronJob renews.
             Decision::Issue(
@@ -277,11 +314,17 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     )
                 });
                 let job = now_job(&cert, &ctx.jobs, &value);
-                let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-                match jobs.create(&PostParams::default(), &job).await {
-                    Ok(j) => info!(job = %j.name_any(), "issuance job started"),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                let exists = ctx.job_cache.as_ref().is_some_and(|c| {
+                    c.get(&ObjectRef::new(&job.name_any()).within(&ns))
+                        .is_some()
+                });
+                if !exists {
+                    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+                    match jobs.create(&PostParams::default(), &job).await {
+                        Ok(j) => info!(job = %j.name_any(), "issuance job started"),
+                        Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Outcome::Pending(
                     reason,
