@@ -6,6 +6,7 @@
 //! database and cache with init containers running `pg_isready` / `redis-cli ping`.
 
 pub mod bundle;
+pub mod cached;
 pub mod children;
 pub mod meta;
 pub mod network;

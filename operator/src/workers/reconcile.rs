@@ -328,13 +328,8 @@ async fn find_stack(
     ns: &str,
     name: &str,
 ) -> Result<Result<Option<AppStack>, String>, kube::Error> {
-    let guarded = match ctx.stacks.get(&ObjectRef::new(name).within(ns)) {
-        Some(g) => Some(g),
-        None => Api::<DeserializeGuard<AppStack>>::namespaced(ctx.shared.client.clone(), ns)
-            .get_opt(name)
-            .await?
-            .map(Arc::new),
-    };
+    let guarded =
+        crate::k8s::cached::cached_or_get(&ctx.stacks, &ctx.shared.client, ns, name).await?;
     Ok(match guarded.as_deref() {
         None => Ok(None),
         Some(DeserializeGuard(Ok(stack))) => Ok(Some(stack.clone())),

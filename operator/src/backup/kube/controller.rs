@@ -364,13 +364,7 @@ async fn database_ref(
 /// The AppStack `name`: from the cache, else (not listed yet, or really missing) from the API
 /// server. One that does not match the CRD is an API-style error.
 async fn find_stack(ctx: &Context, ns: &str, name: &str) -> Result<Option<AppStack>, BackupError> {
-    let guarded = match ctx.stacks.get(&ObjectRef::new(name).within(ns)) {
-        Some(g) => Some(g),
-        None => Api::<DeserializeGuard<AppStack>>::namespaced(ctx.client.clone(), ns)
-            .get_opt(name)
-            .await?
-            .map(Arc::new),
-    };
+    let guarded = crate::k8s::cached::cached_or_get(&ctx.stacks, &ctx.client, ns, name).await?;
     match guarded.as_deref() {
         None => Ok(None),
         Some(DeserializeGuard(Ok(stack))) => Ok(Some(stack.clone())),
