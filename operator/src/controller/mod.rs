@@ -23,6 +23,7 @@ pub mod requests;
 mod secrets;
 pub mod status;
 pub mod synced;
+pub mod trim;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -226,6 +227,8 @@ pub struct Context {
     /// Stacks (`namespace/name`) whose user Secrets were all found, with the stack's
     /// resourceVersion then: a re-check of an unchanged stack reads them from here.
     secrets_checked: Mutex<HashMap<String, String>>,
+    /// Digests of trimmed cached children seen to hold what berth applies.
+    pub verified: trim::Verified,
 }
 
 impl Context {
@@ -249,6 +252,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             known_secrets: Mutex::new(HashSet::new()),
             secrets_checked: Mutex::new(HashMap::new()),
+            verified: trim::Verified::default(),
         }
     }
 

@@ -1,0 +1,247 @@
+//! Children cached without their spec.
+//!
+//! The AppStack controller reads two things from a cached child: its status (with
+//! `metadata.generation`) for the stack's status, and whether it already is what berth would
+//! apply. Only the second needs the spec, and the spec is most of an object's memory (a
+//! Deployment's pod template with every server default). So the watches keep each
+//! Deployment, StatefulSet, Service, Ingress and NetworkPolicy without its spec: [`Trim`]
+//! replaces it by a digest of everything berth could have set (name, labels, annotations,
+//! owner references, spec), held in the in-memory annotation [`OBSERVED_DIGEST`] (never sent
+//! to the API server).
+//!
+//! The controller remembers, per child, the digest it has seen to contain the desired object
+//! ([`Verified`]): from the response of its own apply, or from one `get` of the full object
+//! when a digest is new to it (after a restart, or after someone else changed the object).
+//! Any change by anyone changes the digest, so drift is still seen; an unchanged child costs
+//! no request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use kube::Resource;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::diff;
+
+/// In-memory annotation of a trimmed cached child: the digest of what berth could have set.
+pub const OBSERVED_DIGEST: &str = "berth.dev/observed-digest";
+
+/// A child kind kept in the caches without its spec.
+pub trait Trim: Resource + Serialize {
+    /// Drops the spec and every annotation but berth's applied hash, after recording the
+    /// digest of the full object. Also drops managedFields.
+    fn trim(&mut self);
+}
+
+/// Digest of the fields berth could set on an object: name, namespace, labels, annotations,
+/// ownerReferences and every top-level field but `status` (`spec`, `data`, ...).
+pub fn digest<K: Serialize>(obj: &K) -> String {
+    match serde_json::to_value(obj) {
+        Ok(v) => digest_value(&v),
+        Err(_) => String::new(),
+    }
+}
+
+fn digest_value(v: &Value) -> String {
+    let mut projection = Map::new();
+    if let Some(fields) = v.as_object() {
+        for (k, val) in fields {
+            match k.as_str() {
+                "status" | "apiVersion" | "kind" => {}
+                "metadata" => {
+                    let mut meta = Map::new();
+                    for key in ["name", "namespace", "labels", "ownerReferences"] {
+                        if let Some(x) = val.get(key) {
+                            meta.insert(key.into(), x.clone());
+                        }
+                    }
+                    if let Some(Value::Object(a)) = val.get("annotations") {
+                        let mut a = a.clone();
+                        a.remove(OBSERVED_DIGEST);
+                        meta.insert("annotations".into(), Value::Object(a));
+                    }
+                    projection.insert(k.clone(), Value::Object(meta));
+                }
+                _ => {
+                    projection.insert(k.clone(), val.clone());
+                }
+            }
+        }
+    }
+    diff::hash(&Value::Object(projection))
+}
+
+/// The digest a trimmed cached child carries; `None` for an object cached whole.
+pub fn observed_digest<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(OBSERVED_DIGEST)
+        .map(String::as_str)
+}
+
+fn trim_meta<K: Resource>(obj: &mut K, digest: String) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    let mut annotations = BTreeMap::new();
+    if let Some(h) = meta
+        .annotations
+        .as_mut()
+        .and_then(|a| a.remove(diff::APPLIED_HASH_ANNOTATION))
+    {
+        annotations.insert(diff::APPLIED_HASH_ANNOTATION.to_string(), h);
+    }
+    annotations.insert(OBSERVED_DIGEST.to_string(), digest);
+    meta.annotations = Some(annotations);
+}
+
+macro_rules! trim_spec {
+    ($($t:ty),*) => {$(
+        impl Trim for $t {
+            fn trim(&mut self) {
+                let d = digest(&*self);
+                trim_meta(self, d);
+                self.spec = None;
+            }
+        }
+    )*};
+}
+trim_spec!(Deployment, StatefulSet, Service, Ingress, NetworkPolicy);
+
+/// Which digest of each child (`Kind/namespace/name`) was seen to contain which desired
+/// object (its applied hash).
+#[derive(Default)]
+pub struct Verified {
+    seen: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Verified {
+    pub fn key(kind: &str, ns: &str, name: &str) -> String {
+        format!("{kind}/{ns}/{name}")
+    }
+
+    /// True when `digest` of this child was seen to contain the desired object `hash`.
+    pub fn holds(&self, key: &str, digest: &str, hash: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|(d, h)| d == digest && h == hash)
+    }
+
+    pub fn record(&self, key: String, digest: String, hash: String) {
+        self.lock().insert(key, (digest, hash));
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Forgets every child for which `present` says no (deleted objects).
+    pub fn retain(&self, mut present: impl FnMut(&str) -> bool) {
+        self.lock().retain(|k, _| present(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(replicas: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "api", "namespace": "shop", "uid": "u1", "resourceVersion": "5",
+                "generation": 3,
+                "labels": {"berth.dev/stack": "shop"},
+                "annotations": {"berth.dev/applied-hash": "abc", "deployment.kubernetes.io/revision": "2"},
+                "managedFields": [{"manager": "berth"}],
+                "ownerReferences": [{"apiVersion": "berth.dev/v1alpha1", "kind": "AppStack", "name": "shop", "uid": "s1", "controller": true}]
+            },
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"spec": {"containers": [{"name": "api", "image": "i:1"}]}}},
+            "status": {"readyReplicas": 1, "observedGeneration": 3}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trimming_keeps_status_and_identity_and_drops_the_spec() {
+        let mut d = deployment(2);
+        let full = digest(&d);
+        d.trim();
+        assert!(d.spec.is_none());
+        assert!(d.metadata.managed_fields.is_none());
+        assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(1));
+        assert_eq!(d.metadata.generation, Some(3));
+        assert_eq!(d.metadata.uid.as_deref(), Some("u1"));
+        assert_eq!(
+            d.metadata.labels.as_ref().unwrap()["berth.dev/stack"],
+            "shop"
+        );
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            diff::applied_hash(&serde_json::to_value(&d).unwrap()),
+            Some("abc")
+        );
+        assert_eq!(observed_digest(&d), Some(full.as_str()));
+        assert_eq!(d.metadata.annotations.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_digest_sees_spec_labels_and_annotations_but_not_status_or_server_metadata() {
+        let base = digest(&deployment(2));
+        assert_ne!(digest(&deployment(3)), base, "spec change");
+        let mut d = deployment(2);
+        d.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        assert_ne!(digest(&d), base, "label change");
+        let mut d = deployment(2);
+        d.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        assert_ne!(digest(&d), base, "annotation change");
+        let mut d = deployment(2);
+        d.metadata.resource_version = Some("9".into());
+        d.metadata.generation = Some(4);
+        d.status.as_mut().unwrap().ready_replicas = Some(2);
+        assert_eq!(digest(&d), base, "status and server metadata do not count");
+        // The digest of a trimmed object's full version is what it carries.
+        let mut t = deployment(2);
+        t.trim();
+        assert_eq!(observed_digest(&t), Some(base.as_str()));
+    }
+
+    #[test]
+    fn verified_digests_are_per_child_digest_and_hash() {
+        let v = Verified::default();
+        let k = Verified::key("Deployment", "shop", "api");
+        assert!(!v.holds(&k, "d1", "h1"));
+        v.record(k.clone(), "d1".into(), "h1".into());
+        assert!(v.holds(&k, "d1", "h1"));
+        assert!(!v.holds(&k, "d2", "h1"), "the object changed");
+        assert!(!v.holds(&k, "d1", "h2"), "berth wants something else");
+        v.retain(|key| key != k);
+        assert!(v.is_empty());
+    }
+}
