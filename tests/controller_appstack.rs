@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use berth::api::{AppStack, Backup, Certificate, Worker};
+use berth::controller::trim::Trim;
 use berth::controller::{self, diff, Context, Metrics, Writers};
 use berth::k8s::BuildOptions;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
@@ -48,6 +47,17 @@ struct Server {
     /// Secrets that exist, by name: their keys.
     secrets: Mutex<BTreeMap<String, Vec<String>>>,
     stack: Mutex<Value>,
+    /// Applied children as the server holds them, by path (served to GETs).
+    objects: Mutex<BTreeMap<String, Value>>,
+}
+
+/// An applied object as the server returns it (and the watch delivers it): with the fields the
+/// server sets in its spec.
+fn served(mut body: Value) -> Value {
+    if body["kind"] == "Service" {
+        body["spec"]["clusterIP"] = json!("10.0.0.9");
+    }
+    body
 }
 
 impl Server {
@@ -60,6 +70,7 @@ impl Server {
                     .collect(),
             ),
             stack: Mutex::new(serde_json::to_value(stack).unwrap()),
+            objects: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -77,13 +88,35 @@ impl Server {
                 }
                 None => (404, status(404, "NotFound")),
             },
-            "POST" => (201, r.body.clone().unwrap_or(Value::Null)),
+            "POST" => {
+                let body = r.body.clone().unwrap_or(Value::Null);
+                if path.ends_with("/secrets") {
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                    let keys = body["stringData"]
+                        .as_object()
+                        .map(|d| d.keys().cloned().collect())
+                        .unwrap_or_default();
+                    self.secrets.lock().unwrap().insert(name.into(), keys);
+                }
+                (201, body)
+            }
             "PATCH" if path.ends_with("/status") => {
                 let mut s = self.stack.lock().unwrap().clone();
                 s["status"] = r.body.as_ref().unwrap()["status"].clone();
                 (200, s)
             }
-            "PATCH" => (200, r.body.clone().unwrap_or(Value::Null)),
+            "PATCH" => {
+                let body = served(r.body.clone().unwrap_or(Value::Null));
+                self.objects
+                    .lock()
+                    .unwrap()
+                    .insert(path.to_string(), body.clone());
+                (200, body)
+            }
+            "GET" => match self.objects.lock().unwrap().get(path) {
+                Some(o) => (200, o.clone()),
+                None => (404, status(404, "NotFound")),
+            },
             "DELETE" => (200, success()),
             _ => (500, status(500, "unexpected request")),
         }
@@ -96,6 +129,8 @@ struct Harness {
     writers: Writers,
     metrics: Arc<Metrics>,
     uid_counter: u32,
+    /// Children fed into the caches trimmed, as the operator's watches keep them.
+    trimmed: bool,
 }
 
 impl Harness {
@@ -116,6 +151,15 @@ impl Harness {
             writers,
             metrics,
             uid_counter: 0,
+            trimmed: false,
+        }
+    }
+
+    /// A harness whose caches hold children as the operator's watches do: trimmed.
+    fn trimmed(server: Arc<Server>) -> Harness {
+        Harness {
+            trimmed: true,
+            ..Harness::new(server)
         }
     }
 
@@ -131,9 +175,10 @@ impl Harness {
     /// applied or created object, with a uid and the fields the server adds.
     fn observe(&mut self, requests: &[Recorded]) {
         for r in requests {
-            let Some(mut body) = r.body.clone() else {
+            let Some(body) = r.body.clone() else {
                 continue;
             };
+            let mut body = served(body);
             if r.path().ends_with("/status") || r.path().contains("/events") {
                 continue;
             }
@@ -146,12 +191,7 @@ impl Harness {
             body["metadata"]["generation"] = json!(1);
             body["metadata"]["creationTimestamp"] = json!("2026-11-28T16:00:00Z");
             let kind = body["kind"].as_str().unwrap_or_default().to_string();
-            fn ev<K>(v: Value) -> watcher::Event<K>
-            where
-                K: serde::de::DeserializeOwned,
-            {
-                watcher::Event::Apply(serde_json::from_value(v).unwrap())
-            }
+            let t = self.trimmed;
             fn guard<K: serde::de::DeserializeOwned>(
                 v: Value,
             ) -> watcher::Event<DeserializeGuard<K>> {
@@ -159,18 +199,11 @@ impl Harness {
             }
             let w = &mut self.writers;
             match kind.as_str() {
-                "Deployment" => w.deployments.apply_watcher_event(&ev::<Deployment>(body)),
-                "StatefulSet" => w
-                    .stateful_sets
-                    .apply_watcher_event(&ev::<StatefulSet>(body)),
-                "Service" => {
-                    body["spec"]["clusterIP"] = json!("10.0.0.9");
-                    w.services.apply_watcher_event(&ev::<Service>(body))
-                }
-                "Ingress" => w.ingresses.apply_watcher_event(&ev::<Ingress>(body)),
-                "NetworkPolicy" => w
-                    .network_policies
-                    .apply_watcher_event(&ev::<NetworkPolicy>(body)),
+                "Deployment" => w.deployments.apply_watcher_event(&ev(body, t)),
+                "StatefulSet" => w.stateful_sets.apply_watcher_event(&ev(body, t)),
+                "Service" => w.services.apply_watcher_event(&ev(body, t)),
+                "Ingress" => w.ingresses.apply_watcher_event(&ev(body, t)),
+                "NetworkPolicy" => w.network_policies.apply_watcher_event(&ev(body, t)),
                 // Generated Secrets are not cached (no list/watch on Secrets): the controller
                 // remembers the ones it created or found.
                 "Secret" => {}
@@ -183,6 +216,18 @@ impl Harness {
             }
         }
     }
+}
+
+/// A watch event of a child, trimmed as the operator's watches keep it when `trimmed`.
+fn ev<K>(v: Value, trimmed: bool) -> watcher::Event<K>
+where
+    K: serde::de::DeserializeOwned + Trim,
+{
+    let mut o: K = serde_json::from_value(v).unwrap();
+    if trimmed {
+        o.trim();
+    }
+    watcher::Event::Apply(o)
 }
 
 /// The stack with the status the server now holds.
@@ -420,6 +465,105 @@ async fn drift_is_corrected() {
         ]
     );
     assert_eq!(reqs[0].body.as_ref().unwrap()["spec"]["replicas"], 1);
+}
+
+/// The operator's watches keep children without their spec (controller::trim). Once berth
+/// has applied a child, the digest of the object its apply returned is what the watch then
+/// delivers: a periodic reconcile sends nothing, as with whole objects cached.
+#[tokio::test]
+async fn trimmed_caches_send_nothing_for_an_unchanged_stack() {
+    let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
+    let mut h = Harness::trimmed(server);
+    let (stack, _) = created(&mut h).await;
+    let cached = h.ctx.stores.deployments.state();
+    assert!(!cached.is_empty() && cached.iter().all(|d| d.spec.is_none()));
+    for _ in 0..3 {
+        h.reconcile(&stack).await.unwrap();
+        assert_eq!(lines(&h.api.take()), Vec::<String>::new());
+    }
+}
+
+/// After a restart the caches hold trimmed children whose digests the new process has not
+/// seen: it reads each child once (a GET, no write), and sends nothing after that.
+#[tokio::test]
+async fn a_restart_with_trimmed_caches_reads_each_child_once_and_writes_nothing() {
+    let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
+    let mut first = Harness::trimmed(server.clone());
+    let (stack, reqs) = created(&mut first).await;
+    let mut h = Harness::trimmed(server);
+    h.observe(&reqs);
+    h.reconcile(&stack).await.unwrap();
+    let after_restart = h.api.take();
+    let children: Vec<String> = reqs
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && [
+                    "/deployments/",
+                    "/statefulsets/",
+                    "/services/",
+                    "/ingresses/",
+                    "/networkpolicies/",
+                ]
+                .iter()
+                .any(|k| r.path().contains(k))
+        })
+        .map(|r| format!("GET {}", r.path()))
+        .collect();
+    assert_eq!(children.len(), 11);
+    let reads: Vec<String> = lines(&after_restart)
+        .into_iter()
+        .filter(|l| !l.contains("/secrets/"))
+        .collect();
+    assert_eq!(reads, children, "one read of each child, nothing written");
+    assert!(after_restart.iter().all(|r| r.method == "GET"));
+    h.reconcile(&stack).await.unwrap();
+    assert_eq!(lines(&h.api.take()), Vec::<String>::new());
+}
+
+/// A trimmed cache still sees drift: a change by someone else changes the digest, one read
+/// of the object tells whether berth's fields still hold. A change that keeps them (another
+/// controller's annotation) costs that one read; a change to berth's fields is applied back.
+#[tokio::test]
+async fn drift_behind_a_trimmed_cache_is_read_once_and_corrected() {
+    let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
+    let mut h = Harness::trimmed(server.clone());
+    let (stack, _) = created(&mut h).await;
+    let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/shop-api");
+    let edit = |h: &mut Harness, f: &dyn Fn(&mut Value)| {
+        let mut objects = server.objects.lock().unwrap();
+        let o = objects.get_mut(&path).unwrap();
+        f(o);
+        let mut o = o.clone();
+        o["metadata"]["uid"] = json!("d");
+        h.writers
+            .deployments
+            .apply_watcher_event(&ev::<Deployment>(o, true));
+    };
+    edit(&mut h, &|o| {
+        o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("1")
+    });
+    h.reconcile(&stack).await.unwrap();
+    assert_eq!(lines(&h.api.take()), [format!("GET {path}")]);
+    h.reconcile(&stack).await.unwrap();
+    assert_eq!(lines(&h.api.take()), Vec::<String>::new());
+
+    edit(&mut h, &|o| o["spec"]["replicas"] = json!(7));
+    h.reconcile(&stack).await.unwrap();
+    let reqs = h.api.take();
+    assert_eq!(
+        lines(&reqs),
+        [
+            format!("GET {path}"),
+            apply("/apis/apps/v1", "deployments", "shop-api"),
+            format!("POST /apis/events.k8s.io/v1/namespaces/{NS}/events?"),
+        ]
+    );
+    assert_eq!(reqs[1].body.as_ref().unwrap()["spec"]["replicas"], 1);
+    // The apply's response is what the watch delivers next: nothing more to send.
+    h.observe(&reqs);
+    h.reconcile(&stack).await.unwrap();
+    assert_eq!(lines(&h.api.take()), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -753,8 +897,10 @@ async fn every_example_converges_to_no_writes() {
         let server = Arc::new(Server {
             secrets: Mutex::new(owned.into_iter().collect()),
             stack: Mutex::new(serde_json::to_value(&stack).unwrap()),
+            objects: Mutex::new(BTreeMap::new()),
         });
-        let mut h = Harness::new(server);
+        // Children cached trimmed, as the operator's watches keep them.
+        let mut h = Harness::trimmed(server);
         // Certificates a stack refers to, as the cluster would hold them.
         for c in &set.certificates {
             let mut c = c.clone();

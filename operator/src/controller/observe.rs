@@ -21,26 +21,23 @@ use crate::status::{Facts, DEGRADED, READY};
 
 /// A cached object as JSON, for comparing with what berth would apply.
 pub trait AsJson {
+    /// The watches keep objects of this kind trimmed ([`super::trim`]).
+    const TRIMMED: bool = false;
     fn as_json(&self) -> Option<serde_json::Value>;
 }
 
 macro_rules! as_json_plain {
-    ($($t:ty),*) => {$(
+    ($trimmed:expr; $($t:ty),*) => {$(
         impl AsJson for $t {
+            const TRIMMED: bool = $trimmed;
             fn as_json(&self) -> Option<serde_json::Value> {
                 serde_json::to_value(self).ok()
             }
         }
     )*};
 }
-as_json_plain!(
-    Deployment,
-    StatefulSet,
-    Service,
-    Ingress,
-    NetworkPolicy,
-    Secret
-);
+as_json_plain!(true; Deployment, StatefulSet, Service, Ingress, NetworkPolicy);
+as_json_plain!(false; Secret);
 
 impl<K: Serialize> AsJson for DeserializeGuard<K> {
     fn as_json(&self) -> Option<serde_json::Value> {

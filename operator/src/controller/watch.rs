@@ -3,6 +3,7 @@
 //! controller's triggers, and the readiness signal once every cache is listed.
 
 use super::*;
+use crate::plan::names::WORKER_LABEL;
 
 /// Runs the AppStack controller until `shutdown` is cancelled, with default build options.
 pub async fn run(
@@ -45,6 +46,29 @@ where
         .touched_objects()
 }
 
+/// [`reflect`] for the children kept without their spec ([`trim`](super::trim)).
+pub(super) fn reflect_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: trim::Trim
+        + Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.trim())
+        .reflect(writer)
+        .touched_objects()
+}
+
 /// Runs the AppStack controller until `shutdown` is cancelled.
 pub async fn run_with(
     client: Client,
@@ -68,6 +92,12 @@ pub async fn run_synced(
     let children = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
+    // A Worker's Deployment belongs to the Worker controller (label berth.dev/worker).
+    let deployments = watcher::Config::default()
+        .labels(&format!(
+            "app.kubernetes.io/managed-by={MANAGER},!{WORKER_LABEL}"
+        ))
+        .any_semantic();
     let main_synced = synced::Synced::default();
     let (trigger, reader) = synced::main_watch(
         scoped::<DeserializeGuard<AppStack>>(&client, ns),
@@ -80,27 +110,27 @@ pub async fn run_synced(
     let stacks = controller.store();
     let c = &client;
     let controller = controller
-        .owns_stream(reflect(
+        .owns_stream(reflect_trimmed(
             scoped::<Deployment>(c, ns),
-            children.clone(),
+            deployments,
             w.deployments,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_trimmed(
             scoped::<StatefulSet>(c, ns),
             children.clone(),
             w.stateful_sets,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_trimmed(
             scoped::<Service>(c, ns),
             children.clone(),
             w.services,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_trimmed(
             scoped::<Ingress>(c, ns),
             children.clone(),
             w.ingresses,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_trimmed(
             scoped::<NetworkPolicy>(c, ns),
             children.clone(),
             w.network_policies,
@@ -133,6 +163,7 @@ pub async fn run_synced(
         settings.instance,
         metrics,
     ));
+    tokio::spawn(forget_deleted_children(ctx.clone(), shutdown.clone()));
     if let Some(synced) = synced {
         tokio::spawn(mark_synced(
             main_synced,
@@ -187,6 +218,37 @@ pub(super) async fn mark_synced(
         },
         _ = shutdown.cancelled() => {}
     }
+}
+
+/// Every [`RESYNC`], forgets the verified digests of children no longer cached (deleted
+/// with their stack, or by someone else), so the memory stays bounded by the live children.
+async fn forget_deleted_children(ctx: Arc<Context>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        let s = &ctx.stores;
+        ctx.verified.retain(|key| {
+            let mut parts = key.splitn(3, '/');
+            let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            match kind {
+                "Deployment" => cached(&s.deployments, ns, name),
+                "StatefulSet" => cached(&s.stateful_sets, ns, name),
+                "Service" => cached(&s.services, ns, name),
+                "Ingress" => cached(&s.ingresses, ns, name),
+                "NetworkPolicy" => cached(&s.network_policies, ns, name),
+                _ => false,
+            }
+        });
+    }
+}
+
+fn cached<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str, name: &str) -> bool {
+    store.get(&ObjectRef::new(name).within(ns)).is_some()
 }
 
 /// The stacks a Certificate concerns: its controller owner, and stacks referring to it.

@@ -121,7 +121,11 @@ pub async fn run_synced(
     let owned = watcher(
         deployments,
         watcher::Config::default()
-            .labels("app.kubernetes.io/managed-by=berth")
+            // Only Workers' Deployments: the stacks' own are the AppStack controller's.
+            .labels(&format!(
+                "app.kubernetes.io/managed-by=berth,{}",
+                build::WORKER_LABEL
+            ))
             .any_semantic(),
     )
     .default_backoff()
