@@ -16,12 +16,16 @@ use tracing::{error, info, warn};
 
 use crate::controller::crd_check;
 use crate::controller::metrics::CrdMetrics;
-use crate::controller::synced::Synced;
+use crate::controller::synced::{Synced, WATCH_TROUBLE};
 
 /// One CRD check may take this long.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the CRDs are checked while they are fine, and while they are not.
+/// How often the CRDs are checked while they are fine, and while they are not. The leader's
+/// controllers watch berth's kinds: a CRD deleted under them fails a watch, which wakes the
+/// check at once ([`WATCH_TROUBLE`]), so the leader rechecks on its own only every 10 minutes
+/// (for a CRD replaced by an older schema); an idle leader sends no request for this.
 const CRD_RECHECK_OK: Duration = Duration::from_secs(15);
+const CRD_RECHECK_OK_LEADING: Duration = Duration::from_secs(600);
 const CRD_RECHECK_PROBLEM: Duration = Duration::from_secs(3);
 /// A missing CRD is logged at most this often.
 const CRD_REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -165,14 +169,18 @@ pub async fn watch_crds(
         let fine = problems.is_empty();
         *state.crd_problems.lock().unwrap_or_else(|p| p.into_inner()) = Some(problems);
         ok.send_replace(fine);
-        let pause = if fine {
-            CRD_RECHECK_OK
-        } else {
-            CRD_RECHECK_PROBLEM
+        let leading = state.leading.load(Ordering::SeqCst);
+        let pause = match (fine, leading) {
+            (true, true) => CRD_RECHECK_OK_LEADING,
+            (true, false) => CRD_RECHECK_OK,
+            (false, _) => CRD_RECHECK_PROBLEM,
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+            // Only while leading (the watches run), and only once the CRDs were fine: a
+            // failing watch while they are not would recheck in a tight loop.
+            _ = WATCH_TROUBLE.notified(), if fine && leading => {}
         }
     }
 }

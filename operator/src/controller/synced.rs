@@ -11,10 +11,18 @@ impl Synced {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Raised when the watch of a controller's main kind fails (a berth CRD deleted under it, the
+/// API server gone): the CRD check runs again at once instead of on its next period.
+pub static WATCH_TROUBLE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Waits until `store` holds a first complete list; `false` when its writer is gone.
 ///
@@ -60,12 +68,17 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
+    use kube::ResourceExt;
     let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::reflector(writer, kube::runtime::watcher(api, config))
-        .inspect(move |e| {
-            if let Ok(kube::runtime::watcher::Event::InitDone) = e {
-                synced.set();
-            }
+    // managedFields are dropped before the cache, as for every other watch: berth never reads
+    // them, and they are a large part of an object applied by several managers.
+    let stream = kube::runtime::watcher(api, config)
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect(move |e| match e {
+            Ok(kube::runtime::watcher::Event::InitDone) => synced.set(),
+            Err(_) => WATCH_TROUBLE.notify_one(),
+            Ok(_) => {}
         })
         .applied_objects();
     (stream, reader)
