@@ -176,6 +176,17 @@ async fn self_signed_and_ca_certificates_become_verified_tls_secrets() {
         .await;
         assert_eq!(c.status.unwrap().last_renew_now.as_deref(), Some("e2e-1"));
 
+        // The TLS Secret deleted: the controller's watch of its labelled Secrets' metadata
+        // (allowed here: this client may list and watch Secrets) sees it go, and it is issued
+        // again at once, not at the next resync.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        secrets.delete("web-tls", &Default::default()).await.unwrap();
+        let _ = cluster::wait_for_within(Duration::from_secs(60), "web-tls issued again", || {
+            let secrets = secrets.clone();
+            async move { secrets.get_opt("web-tls").await.ok()? }
+        })
+        .await;
+
         stop.cancel();
         let _ = controller.await;
     })

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use berth::api::Certificate;
 use berth::cert::kube::controller::{reconcile, Context, Metrics};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMetaExt;
 use kube_mock::{mock_api, status, Recorded};
 use serde_json::{json, Value};
 
@@ -272,6 +274,153 @@ async fn acme_resync_while_issuing_reads_only_the_secret() {
     reconcile(Arc::new(cert(spec, status_now)), ctx)
         .await
         .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /api/v1/namespaces/prod/secrets/web-tls"]);
+}
+
+/// The labelled Secrets' metadata as the controller's watch keeps it.
+fn secret_meta(resource_version: &str) -> kube::core::PartialObjectMeta<Secret> {
+    kube::core::ObjectMeta {
+        name: Some("web-tls".into()),
+        namespace: Some("prod".into()),
+        resource_version: Some(resource_version.into()),
+        labels: Some([("berth.dev/certificate".to_string(), "web".to_string())].into()),
+        ..Default::default()
+    }
+    .into_response_partial::<Secret>()
+}
+
+/// With the watch of labelled Secrets running, a resync of an issued Certificate whose Secret
+/// is unchanged (same resourceVersion in the watch cache as when berth last read or wrote it)
+/// sends no request at all; a changed Secret is read once; a deleted one is issued again.
+#[tokio::test]
+async fn an_unchanged_secret_is_not_read_again_while_its_watch_shows_it_unchanged() {
+    let store = Arc::new(Mutex::new((None::<Value>, None::<Value>)));
+    let s2 = store.clone();
+    let api = mock_api(Arc::new(move |r: &Recorded| {
+        let mut st = s2.lock().unwrap();
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => match &st.0 {
+                Some(s) => (200, s.clone()),
+                None => (404, status(404, "NotFound")),
+            },
+            ("PATCH", "/api/v1/namespaces/prod/secrets/web-tls") => {
+                let mut b = r.body.clone().unwrap();
+                b["metadata"]["resourceVersion"] = json!("5");
+                st.0 = Some(b.clone());
+                (200, b)
+            }
+            ("PATCH", p) if p.ends_with("/status") => {
+                st.1 = r.body.as_ref().map(|b| b["status"].clone());
+                (200, answered(r))
+            }
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let (secrets, mut secret_writer) = kube::runtime::reflector::store();
+    let mut ctx = Context::new(api.client.clone(), Arc::new(Metrics::default()));
+    ctx.secret_cache = Some(secrets);
+    ctx.secrets_synced.set();
+    let ctx = Arc::new(ctx);
+    reconcile(Arc::new(cert(self_signed(), None)), ctx.clone())
+        .await
+        .unwrap();
+    let first: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        first[1],
+        "PATCH /api/v1/namespaces/prod/secrets/web-tls?&force=true&fieldManager=berth"
+    );
+    // The watch delivers the Secret berth wrote.
+    secret_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(secret_meta("5")));
+    let status_now = store.lock().unwrap().1.clone();
+    let issued = cert(self_signed(), status_now);
+    for _ in 0..2 {
+        reconcile(Arc::new(issued.clone()), ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(api.take().len(), 0, "an unchanged Secret is not read");
+    }
+    // Someone changed the Secret (same pair, new resourceVersion): read once, then not again.
+    store.lock().unwrap().0.as_mut().unwrap()["metadata"]["resourceVersion"] = json!("6");
+    secret_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(secret_meta("6")));
+    reconcile(Arc::new(issued.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /api/v1/namespaces/prod/secrets/web-tls"]);
+    reconcile(Arc::new(issued.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(api.take().len(), 0);
+    // Deleted: the watch drops it, the next reconcile reads it (404) and issues again.
+    store.lock().unwrap().0 = None;
+    secret_writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(secret_meta("6")));
+    reconcile(Arc::new(issued), ctx).await.unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        &lines[..2],
+        [
+            "GET /api/v1/namespaces/prod/secrets/web-tls",
+            "PATCH /api/v1/namespaces/prod/secrets/web-tls?&force=true&fieldManager=berth",
+        ]
+    );
+}
+
+/// An ACME Certificate waiting for its first issuance, with the watch of labelled Secrets
+/// running: the Secret found absent is not read again on the next resync (for at most an
+/// hour, or until the watch shows it): an idle resync sends nothing.
+#[tokio::test]
+async fn acme_resync_while_issuing_sends_nothing_with_the_secret_watch() {
+    let written = Arc::new(Mutex::new(None::<Value>));
+    let w2 = written.clone();
+    let api = mock_api(Arc::new(move |r: &Recorded| {
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1/namespaces/prod/secrets/web-tls") => (404, status(404, "NotFound")),
+            ("PATCH", p) if p.ends_with("/status") => {
+                *w2.lock().unwrap() = r.body.as_ref().map(|b| b["status"].clone());
+                (200, answered(r))
+            }
+            ("PATCH", _) => (200, answered(r)),
+            ("POST", _) => (201, r.body.clone().unwrap_or(json!({}))),
+            _ => (500, status(500, "unexpected")),
+        }
+    }));
+    let (jobs, mut job_writer) = kube::runtime::reflector::store();
+    let (secrets, _secret_writer) = kube::runtime::reflector::store();
+    let mut ctx = Context::new(api.client.clone(), Arc::new(Metrics::default()));
+    ctx.jobs.ingress_class = Some("nginx".into());
+    ctx.job_cache = Some(jobs);
+    ctx.secret_cache = Some(secrets);
+    ctx.secrets_synced.set();
+    let ctx = Arc::new(ctx);
+    let spec = json!({"secretName": "web-tls", "dnsNames": ["web.example.test"], "issuer": {"acme": {"email": "ops@example.test"}}});
+    reconcile(Arc::new(cert(spec.clone(), None)), ctx.clone())
+        .await
+        .unwrap();
+    let first = api.take();
+    assert_eq!(
+        first[0].line(),
+        "GET /api/v1/namespaces/prod/secrets/web-tls"
+    );
+    let job = first
+        .iter()
+        .find(|r| r.method == "POST" && r.path().ends_with("/jobs"))
+        .and_then(|r| r.body.clone())
+        .expect("the first issuance Job");
+    job_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(job).unwrap(),
+    ));
+    let status_now = written.lock().unwrap().clone();
+    let issuing = cert(spec, status_now);
+    reconcile(Arc::new(issuing.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, Vec::<String>::new());
+    // The Secret watch failing (its list is gone): memory is not trusted, the Secret is read.
+    ctx.secrets_synced.clear();
+    reconcile(Arc::new(issuing), ctx).await.unwrap();
     let lines: Vec<String> = api.take().iter().map(|r| r.line()).collect();
     assert_eq!(lines, ["GET /api/v1/namespaces/prod/secrets/web-tls"]);
 }

@@ -284,6 +284,19 @@ fn cluster_role_is_least_privilege() {
             }
         }
     }
+    // certificates.watchSecrets=true adds list/watch on Secrets (the Certificate controller's
+    // metadata watch of its TLS Secrets), nothing else.
+    let docs = render(&["--set", "certificates.watchSecrets=true"]);
+    let watched = find::<ClusterRole>(&docs, "ClusterRole")[0]
+        .rules
+        .clone()
+        .unwrap();
+    let mut with_watch = expected.clone();
+    with_watch
+        .get_mut(&("".to_string(), "secrets".to_string()))
+        .unwrap()
+        .extend(["list".to_string(), "watch".to_string()]);
+    assert_eq!(grants(&watched), with_watch);
     // Nothing the operator does not touch: no pods/exec, no nodes, no cluster-wide RBAC, no
     // cluster-wide leases.
     for (group, resource) in [
@@ -370,6 +383,7 @@ fn values_schema_rejects_bad_values() {
     render_fails(&["--set", "image.pullPolicy=Sometimes"], "pullPolicy");
     render_fails(&["--set", "logFormat=xml"], "logFormat");
     render_fails(&["--set", "crds.enabled=yes"], "crds");
+    render_fails(&["--set", "certificates.watchSecrets=yes"], "watchSecrets");
     render_fails(&["--set", "metrics.port=http"], "port");
     render_fails(
         &["--set", "watchNamespace=Not_A_Namespace"],

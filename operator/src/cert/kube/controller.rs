@@ -15,6 +15,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -32,6 +33,7 @@ use super::{
     CERT_LABEL,
 };
 use crate::api::{Certificate, CertificateStatus};
+use crate::cert::inspect::CertInfo;
 use crate::cert::round::{self, CaPair};
 use crate::cert::status::Outcome;
 use crate::cert::timing::{Decision, DueReason};
@@ -110,6 +112,14 @@ pub struct Context {
     /// The renewal Jobs as their watch last saw them; `None` (no watch running): a Job is
     /// created and a conflict means it exists.
     pub job_cache: Option<Store<Job>>,
+    /// The labelled TLS Secrets' metadata (no data) as their watch last saw them; `None` (no
+    /// watch running): the Secret is read on every reconcile.
+    pub secret_cache: Option<Store<PartialObjectMeta<Secret>>>,
+    /// What each TLS Secret (`namespace/name`) held when last read, without key material.
+    pub(crate) seen: std::sync::Mutex<std::collections::HashMap<String, Seen>>,
+    /// Raised while the watch behind `secret_cache` has a complete list (memory is used only
+    /// then); lowered when it fails.
+    pub secrets_synced: crate::controller::synced::Synced,
     /// Hash of the renewer account and CronJob last applied per Certificate (`namespace/name`):
     /// applied again only when they change (or after a restart).
     pub(crate) applied: std::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -140,7 +150,99 @@ impl Context {
                     .filter(|s| !s.is_empty()),
             },
             job_cache: None,
+            secret_cache: None,
+            seen: Default::default(),
+            secrets_synced: Default::default(),
             applied: Default::default(),
+        }
+    }
+}
+
+/// A TLS Secret as last read: valid at a resourceVersion, or absent.
+pub(crate) enum Seen {
+    Valid {
+        resource_version: String,
+        info: CertInfo,
+    },
+    Absent {
+        at: std::time::Instant,
+    },
+}
+
+/// How long a Secret found absent is taken as still absent while the watch of labelled Secrets
+/// shows none (a Secret created without berth's label is not seen by that watch).
+pub const ABSENT_RECHECK: Duration = Duration::from_secs(3600);
+
+/// The TLS Secret's pair (`None`: not loaded, known from memory) and what it holds.
+type Read = (
+    Option<Option<round::Stored>>,
+    Option<Result<CertInfo, CertError>>,
+);
+
+impl Context {
+    /// What the Secret holds, from memory when the labelled Secrets' watch shows it unchanged
+    /// since it was last read (or still absent, for at most [`ABSENT_RECHECK`]); else one GET.
+    async fn read_tls(&self, secrets: &Api<Secret>, ns: &str, name: &str) -> Result<Read, Error> {
+        let key = format!("{ns}/{name}");
+        if let Some(cache) = self
+            .secret_cache
+            .as_ref()
+            .filter(|_| self.secrets_synced.is_set())
+        {
+            let meta = cache.get(&ObjectRef::new(name).within(ns));
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match (meta, seen.get(&key)) {
+                (
+                    Some(m),
+                    Some(Seen::Valid {
+                        resource_version,
+                        info,
+                    }),
+                ) if m.metadata.resource_version.as_ref() == Some(resource_version) => {
+                    return Ok((None, Some(Ok(info.clone()))));
+                }
+                (None, Some(Seen::Absent { at })) if at.elapsed() < ABSENT_RECHECK => {
+                    return Ok((None, None));
+                }
+                _ => {}
+            }
+        }
+        let secret = secrets.get_opt(name).await?;
+        let pair = secret.as_ref().and_then(stored);
+        let before = round::read(pair.as_ref());
+        self.remember(key, secret.as_ref(), before.as_ref());
+        Ok((Some(pair), before))
+    }
+
+    /// Records what a Secret read or written holds (forgets a Secret whose pair is invalid).
+    fn remember(
+        &self,
+        key: String,
+        secret: Option<&Secret>,
+        before: Option<&Result<CertInfo, CertError>>,
+    ) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match (secret, before) {
+            (None, _) => {
+                seen.insert(
+                    key,
+                    Seen::Absent {
+                        at: std::time::Instant::now(),
+                    },
+                );
+            }
+            (Some(s), Some(Ok(info))) if s.metadata.resource_version.is_some() => {
+                seen.insert(
+                    key,
+                    Seen::Valid {
+                        resource_version: s.metadata.resource_version.clone().unwrap_or_default(),
+                        info: info.clone(),
+                    },
+                );
+            }
+            _ => {
+                seen.remove(&key);
+            }
         }
     }
 }
@@ -162,26 +264,55 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let client = ctx.client.clone();
-    let (certs, secrets, cron_jobs, jobs): (Api<Certificate>, Api<Secret>, Api<CronJob>, Api<Job>) =
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    #[allow(clippy::type_complexity)]
+    let (certs, secrets, cron_jobs, jobs): (
+        Api<Certificate>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<CronJob>,
+        Api<Job>,
+    ) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let labelled = watcher::Config::default().labels(CERT_LABEL);
     let (job_store, job_writer) = reflector::store();
+    // Only the labelled Secrets' metadata is watched, and only where the operator may list and
+    // watch Secrets (the chart grants it with certificates.watchSecrets=true): their data
+    // (private keys) is read by name when a Secret changed, never kept in a cache. Without it,
+    // a Secret is read on every reconcile (once per Certificate every 10 minutes when idle).
+    let watch_secrets = may_watch_secrets(&client, namespace.as_deref()).await;
+    if !watch_secrets {
+        info!("no list/watch on Secrets: each Certificate's Secret is read by name on every reconcile (certificates.watchSecrets=true in the chart lets berth watch their metadata)");
+    }
+    let (secret_store, secret_writer) = reflector::store();
+    let secrets_synced = crate::controller::synced::Synced::default();
     let ctx = Arc::new(Context {
         job_cache: Some(job_store),
+        secret_cache: watch_secrets.then_some(secret_store),
+        secrets_synced: secrets_synced.clone(),
         ..ctx
+    });
+    let secret_events = watch_secrets.then(|| {
+        watcher(secrets, labelled.clone())
+            .default_backoff()
+            .modify(|s: &mut PartialObjectMeta<Secret>| s.managed_fields_mut().clear())
+            .reflect(secret_writer)
+            .inspect(move |e| match e {
+                Ok(watcher::Event::InitDone) => secrets_synced.set(),
+                Err(_) => secrets_synced.clear(),
+                Ok(_) => {}
+            })
+            .applied_objects()
     });
     let job_events = watcher(jobs, labelled.clone())
         .default_backoff()
@@ -192,14 +323,23 @@ pub async fn run_with(
         let (name, ns) = o();
         Some(ObjectRef::<Certificate>::new(&name?).within(&ns?))
     };
-    Controller::new(certs, watcher::Config::default())
+    // Certificates cached without managedFields, and the CRD check woken when this watch fails.
+    let (trigger, reader) = crate::controller::synced::main_watch(
+        certs,
+        watcher::Config::default(),
+        crate::controller::synced::Synced::default(),
+    );
+    let mut controller = Controller::for_stream(trigger, reader)
         .with_config(crate::controller::synced::controller_config(
             std::time::Duration::from_millis(200),
         ))
-        .owns(cron_jobs, labelled.clone())
-        .watches(secrets, labelled.clone(), move |s: Secret| {
+        .owns(cron_jobs, labelled.clone());
+    if let Some(events) = secret_events {
+        controller = controller.watches_stream(events, move |s: PartialObjectMeta<Secret>| {
             by_label(&|| (s.labels().get(CERT_LABEL).cloned(), s.namespace()))
-        })
+        });
+    }
+    controller
         .watches_stream(job_events, move |j: Job| {
             by_label(&|| (j.labels().get(CERT_LABEL).cloned(), j.namespace()))
         })
@@ -212,6 +352,39 @@ pub async fn run_with(
         })
         .await;
     Ok(())
+}
+
+/// Whether this operator may list and watch Secrets (in `namespace`, or cluster-wide), asked
+/// with SelfSubjectAccessReviews (every authenticated user may create them). `false` on any
+/// error: the controller then reads Secrets by name only.
+pub async fn may_watch_secrets(client: &Client, namespace: Option<&str>) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for verb in ["list", "watch"] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    resource: Some("secrets".into()),
+                    namespace: namespace.map(str::to_string),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        match reviews.create(&PostParams::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => return false,
+            Err(e) => {
+                warn!(error = %e, "cannot ask whether Secrets may be watched; reading them by name");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn error_policy(cert: Arc<Certificate>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -246,9 +419,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let spec = &cert.spec;
     let renew_now = renew_now(&cert);
 
-    let secret = secrets.get_opt(&spec.secret_name).await?;
-    let stored = secret.as_ref().and_then(stored);
-    let before = round::read(stored.as_ref());
+    let (loaded, before) = ctx.read_tls(&secrets, &ns, &spec.secret_name).await?;
     let decision = match round::decide(spec, previous.as_ref(), before.as_ref(), renew_now, now) {
         Ok(d) => d,
         Err(e) => {
@@ -408,6 +579,16 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             Some(s) => ca_text = Some((source, ca_pair(&s))),
         }
     }
+    // The stored pair (its key is kept when the names still match): read now when the memory
+    // answered for it.
+    let pair = match loaded {
+        Some(pair) => pair,
+        None => secrets
+            .get_opt(&spec.secret_name)
+            .await?
+            .as_ref()
+            .and_then(stored),
+    };
     let result = match &ca_text {
         Some((source, Err(missing))) => Err(CertError::BadCa {
             source_name: source.clone(),
@@ -420,15 +601,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 key_pem: k,
                 source,
             }),
-            stored.as_ref(),
+            pair.as_ref(),
             now,
         ),
-        None => round::issue_local(spec, None, stored.as_ref(), now),
+        None => round::issue_local(spec, None, pair.as_ref(), now),
     };
     let (after, outcome_err) = match result {
         Ok(issued) => {
             let secret = tls_secret(&cert, &issued);
-            secrets
+            let written = secrets
                 .patch(&spec.secret_name, &apply, &Patch::Apply(&secret))
                 .await?;
             let after = round::read(Some(&round::Stored {
@@ -436,6 +617,11 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 key_pem: issued.key_pem,
                 ca_pem: issued.ca_pem,
             }));
+            ctx.remember(
+                format!("{ns}/{}", spec.secret_name),
+                Some(&written),
+                after.as_ref(),
+            );
             ctx.metrics.issued.inc();
             (after, None)
         }
