@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth::api::AppStack;
+use berth::controller::trim::Trim;
 use berth::controller::{self, diff};
 use berth::k8s::{build, BuildOptions, Bundle, Owner};
 use berth::plan::{plan_stack, Observed};
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 struct Counting;
@@ -138,63 +140,57 @@ fn main() {
             (s, values)
         })
         .collect();
+    // As kept before trimming (whole children), then as the operator keeps them now.
+    for (trimmed, label) in [(false, "whole children  "), (true, "trimmed children")] {
+        let (bytes, children) = fill(&inputs, trimmed);
+        println!(
+            "  caches, {label}: {STACKS} AppStacks + {children} children  {:>6.1} MiB live heap  ({:.1} KiB per stack with its children)",
+            bytes / (1024.0 * 1024.0),
+            bytes / 1024.0 / STACKS as f64
+        );
+    }
+}
+
+/// A watch event of a child as the operator's watch delivers it to the store.
+fn child<K: DeserializeOwned + Trim>(v: Value, trimmed: bool) -> watcher::Event<K> {
+    let mut o: K = serde_json::from_value(v).unwrap();
+    if trimmed {
+        o.trim();
+    }
+    watcher::Event::Apply(o)
+}
+
+fn guarded<K: DeserializeOwned>(v: Value) -> watcher::Event<DeserializeGuard<K>> {
+    watcher::Event::Apply(DeserializeGuard(Ok(serde_json::from_value(v).unwrap())))
+}
+
+/// Fills fresh stores with the stacks and their children; the live heap they hold.
+fn fill(inputs: &[(AppStack, Vec<Value>)], t: bool) -> (f64, usize) {
     let before = LIVE.load(Ordering::Relaxed);
     let (stores, mut w) = controller::stores();
     let (stack_store, mut stack_writer) =
         kube::runtime::reflector::store::<DeserializeGuard<AppStack>>();
     let mut children = 0usize;
-    for (s, values) in &inputs {
+    for (s, values) in inputs {
         stack_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(s.clone()))));
         for v in values {
             children += 1;
             let v = v.clone();
             match v["kind"].as_str().unwrap() {
-                "Deployment" => w.deployments.apply_watcher_event(&watcher::Event::Apply(
-                    serde_json::from_value(v).unwrap(),
-                )),
-                "StatefulSet" => w.stateful_sets.apply_watcher_event(&watcher::Event::Apply(
-                    serde_json::from_value(v).unwrap(),
-                )),
-                "Service" => w.services.apply_watcher_event(&watcher::Event::Apply(
-                    serde_json::from_value(v).unwrap(),
-                )),
-                "Ingress" => w.ingresses.apply_watcher_event(&watcher::Event::Apply(
-                    serde_json::from_value(v).unwrap(),
-                )),
-                "NetworkPolicy" => w
-                    .network_policies
-                    .apply_watcher_event(&watcher::Event::Apply(
-                        serde_json::from_value(v).unwrap(),
-                    )),
-                "Worker" => {
-                    w.workers
-                        .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
-                            serde_json::from_value(v).unwrap(),
-                        ))))
-                }
-                "Certificate" => {
-                    w.certificates
-                        .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
-                            serde_json::from_value(v).unwrap(),
-                        ))))
-                }
-                "Backup" => {
-                    w.backups
-                        .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
-                            serde_json::from_value(v).unwrap(),
-                        ))))
-                }
+                "Deployment" => w.deployments.apply_watcher_event(&child(v, t)),
+                "StatefulSet" => w.stateful_sets.apply_watcher_event(&child(v, t)),
+                "Service" => w.services.apply_watcher_event(&child(v, t)),
+                "Ingress" => w.ingresses.apply_watcher_event(&child(v, t)),
+                "NetworkPolicy" => w.network_policies.apply_watcher_event(&child(v, t)),
+                "Worker" => w.workers.apply_watcher_event(&guarded(v)),
+                "Certificate" => w.certificates.apply_watcher_event(&guarded(v)),
+                "Backup" => w.backups.apply_watcher_event(&guarded(v)),
                 other => panic!("unexpected kind {other}"),
             }
         }
         // Generated Secrets are not cached: the controller gets them by name, once.
     }
     let after = LIVE.load(Ordering::Relaxed);
-    let bytes = (after - before).max(0) as f64;
     black_box((&stores, &stack_store));
-    println!(
-        "  caches: {STACKS} AppStacks + {children} children  {:>6.1} MiB live heap  ({:.1} KiB per stack with its children)",
-        bytes / (1024.0 * 1024.0),
-        bytes / 1024.0 / STACKS as f64
-    );
+    ((after - before).max(0) as f64, children)
 }
