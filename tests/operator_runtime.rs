@@ -106,6 +106,21 @@ fn serves_health_and_metrics_and_stops_on_sigterm() {
         metrics.contains("berth_appstack_reconciles_total 0"),
         "{metrics}"
     );
+    // The binary's counting allocator: live heap and its peak, both above 0, live <= peak.
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (live, peak) = (
+        gauge("berth_heap_live_bytes"),
+        gauge("berth_heap_peak_bytes"),
+    );
+    assert!(live > 0 && live <= peak, "live {live} peak {peak}");
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")

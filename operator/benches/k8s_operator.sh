@@ -3,7 +3,8 @@
 # STACKS (1000) AppStacks applied (examples/vidgen.yaml renamed, 20 per namespace, with the
 # Secrets it references). Prints:
 #   memory: VmHWM (peak RSS) and VmRSS of the berth process from /proc/<pid>/status once its
-#           caches are synced and every stack reconciled (observedGeneration set, writes quiet);
+#           caches are synced and every stack reconciled (observedGeneration set, writes quiet),
+#           with its live heap from /metrics (berth_heap_live_bytes, berth_heap_peak_bytes);
 #   idle:   the requests berth sends to the API server over IDLE_SECS (300) after that, by verb,
 #           from berth's own berth_kube_requests_total, cross-checked with the deltas of the
 #           API server's apiserver_request_total on the resources berth uses (only berth talks to
@@ -144,6 +145,10 @@ done
 converged=$(($(date +%s) - started))
 hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$BERTH_PID/status")
 rss=$(awk '/^VmRSS:/{print $2}' "/proc/$BERTH_PID/status")
+# The live heap as berth's counting allocator sees it (berth::heap): bytes berth holds, and
+# their peak; VmRSS minus the live heap is what the allocator keeps (and code, stacks).
+heap() { curl -fsS "http://$HTTP/metrics" | awk -v m="^berth_heap_$1_bytes " '$0 ~ m {print $2}'; }
+heap_peak=$(heap peak || true) heap_live=$(heap live || true)
 objects() { k get "$1" -A --no-headers 2>/dev/null | wc -l; }
 children=0
 for r in deployments statefulsets services ingresses networkpolicies workers certificates backups; do
@@ -157,6 +162,7 @@ sleep "$IDLE_SECS"
 retry berth_counts >"$WORK/berth.after"
 retry apiserver_counts >"$WORK/api.after"
 idle_rss=$(awk '/^VmRSS:/{print $2}' "/proc/$BERTH_PID/status")
+heap_idle=$(heap live || true)
 
 delta() { # before after -> "verb delta" for every verb
   join -a1 -a2 -e 0 -o 0,1.2,2.2 <(sort "$1") <(sort "$2") | awk '{d = $3 - $2; print $1, d}'
@@ -170,8 +176,8 @@ echo "berth operator ($BERTH), $STACKS AppStacks (examples/vidgen.yaml) + $child
 printf 'memory:  peak RSS (VmHWM) %.1f MiB   RSS after convergence %.1f MiB   after %ss idle %.1f MiB   goal <= 64 MiB  ratio %.2f\n' \
   "$(echo "$hwm / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$IDLE_SECS" "$(echo "$idle_rss / 1024" | bc -l)" \
   "$(echo "$hwm / 1024 / 64" | bc -l)"
-printf 'anchor:  108.5 MiB live heap of the same caches in-process (operator/benches/plan.rs, before)  ratio %.2f\n' \
-  "$(echo "$hwm / 1024 / 108.5" | bc -l)"
+mib() { [[ -n $1 ]] && printf '%.1f MiB' "$(echo "$1 / 1048576" | bc -l)" || printf 'n/a'; }
+echo "heap:    peak live $(mib "$heap_peak")   live after convergence $(mib "$heap_live")   after ${IDLE_SECS}s idle $(mib "$heap_idle")   (berth's counting allocator; RSS minus live heap = what the allocator keeps)"
 echo "time:    every stack reconciled ${reconciled}s after start, idle window from ${converged}s (writes: $last)"
 echo "idle ${IDLE_SECS}s, berth's berth_kube_requests_total:  $(delta "$WORK/berth.before" "$WORK/berth.after" | summ)"
 echo "idle ${IDLE_SECS}s, apiserver_request_total on berth's resources:  $(delta "$WORK/api.before" "$WORK/api.after" | summ)"

@@ -12,6 +12,7 @@ pub mod cert;
 pub mod cli;
 pub mod controller;
 pub mod docker;
+pub mod heap;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;

@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Counts live heap bytes for `/metrics` (berth::heap).
+#[global_allocator]
+static ALLOCATOR: berth::heap::Counting = berth::heap::Counting;
+
 fn main() -> ExitCode {
     berth::tls::install_default_provider();
     let cli = berth::cli::Cli::parse();

@@ -247,6 +247,7 @@ async fn operate(args: OperatorArgs) -> Result<(), OperatorError> {
         leader_gauge.clone(),
     );
     fence.register(&mut registry);
+    crate::heap::register(&mut registry);
     let crd_metrics = CrdMetrics::register(&mut registry);
     let appstack_metrics = Arc::new(controller::Metrics::register(&mut registry));
     // The Worker and Backup controllers run under the same Lease, each with its own metrics.

@@ -84,6 +84,7 @@ pub async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    crate::heap::publish();
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (

@@ -1,0 +1,91 @@
+//! The operator's live heap, counted by its global allocator, for `/metrics`
+//! (`berth_heap_live_bytes`, `berth_heap_peak_bytes`): next to the process RSS it tells how much
+//! of the memory is data berth holds and how much the allocator keeps.
+//!
+//! The `berth` binary installs [`Counting`] as its global allocator; in a process that does not
+//! (the library's tests), both figures stay 0 and are not registered.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static GAUGES: OnceLock<(Gauge<i64, AtomicI64>, Gauge<i64, AtomicI64>)> = OnceLock::new();
+
+/// The system allocator, counting live bytes and their peak (two atomic operations per call).
+pub struct Counting;
+
+fn added(size: usize) {
+    let now = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are updated.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            added(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            added(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            added(new_size);
+        }
+        p
+    }
+}
+
+/// Live heap bytes now and at their peak (both 0 without [`Counting`] installed).
+pub fn figures() -> (usize, usize) {
+    (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+/// Registers the two gauges when the allocator counts (a process that allocated nothing
+/// through [`Counting`] has nothing to show).
+pub fn register(registry: &mut Registry) {
+    if PEAK.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let gauges = GAUGES.get_or_init(Default::default);
+    registry.register(
+        "berth_heap_live_bytes",
+        "Bytes the operator holds on its heap now (counted by its allocator)",
+        gauges.0.clone(),
+    );
+    registry.register(
+        "berth_heap_peak_bytes",
+        "Most bytes the operator held on its heap at once since it started",
+        gauges.1.clone(),
+    );
+}
+
+/// Copies the counters into the gauges; called before `/metrics` is encoded.
+pub fn publish() {
+    if let Some((live, peak)) = GAUGES.get() {
+        let (l, p) = figures();
+        live.set(l as i64);
+        peak.set(p as i64);
+    }
+}
