@@ -35,13 +35,28 @@ struct Rule {
 
 /// (API group, resource, verb) of every rule of the chart's ClusterRole.
 pub fn cluster_rules() -> Result<Vec<(String, String, String)>, serde_norway::Error> {
-    // The rules are plain YAML below `rules:`; template lines ({{ }}) are not part of them.
-    let rules: String = CLUSTER_ROLE
+    // The rules are plain YAML below `rules:`; template lines ({{ }}) are not part of them,
+    // nor are the optional grants between `{{- if ... }}` and `{{- end }}` (e.g. list/watch on
+    // Secrets with certificates.watchSecrets): the operator works without them.
+    let mut optional = 0usize;
+    let mut rules = String::new();
+    for l in CLUSTER_ROLE
         .lines()
         .skip_while(|l| !l.starts_with("rules:"))
-        .filter(|l| !l.contains("{{"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    {
+        if l.contains("{{") {
+            if l.contains(" if ") {
+                optional += 1;
+            } else if l.contains(" end ") {
+                optional = optional.saturating_sub(1);
+            }
+            continue;
+        }
+        if optional == 0 {
+            rules.push_str(l);
+            rules.push('\n');
+        }
+    }
     let parsed: Rules = serde_norway::from_str(&rules)?;
     let mut out = Vec::new();
     for r in parsed.rules {
@@ -238,6 +253,18 @@ mod tests {
                 "{want:?} not in {rules:?}"
             );
         }
+        // Optional grants (certificates.watchSecrets) are not required.
+        for verb in ["list", "watch"] {
+            assert!(
+                !rules
+                    .iter()
+                    .any(|(g, r, v)| g.is_empty() && r == "secrets" && v == verb),
+                "{verb} secrets is optional"
+            );
+        }
+        assert!(rules
+            .iter()
+            .any(|(g, r, v)| g.is_empty() && r == "secrets" && v == "get"));
     }
 
     #[test]

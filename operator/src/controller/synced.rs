@@ -68,12 +68,12 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
-    use kube::ResourceExt;
     let (reader, writer) = kube::runtime::reflector::store();
-    // managedFields are dropped before the cache, as for every other watch: berth never reads
-    // them, and they are a large part of an object applied by several managers.
+    // managedFields and kubectl's last-applied annotation are dropped before the cache, as for
+    // every other watch: berth never reads them, and on an object applied by kubectl they are
+    // a large part of it.
     let stream = kube::runtime::watcher(api, config)
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(super::trim::lean::<K>)
         .reflect(writer)
         .inspect(move |e| match e {
             Ok(kube::runtime::watcher::Event::InitDone) => synced.set(),

@@ -27,6 +27,32 @@ use serde_json::{Map, Value};
 
 use super::diff;
 
+/// kubectl's client-side apply record: the whole object again, as a string.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What every watch drops before its cache: managedFields and kubectl's last-applied
+/// annotation (berth reads neither; on an AppStack applied with kubectl they are about as
+/// large as its spec and status together).
+pub fn lean<K: Resource>(o: &mut K) {
+    // `None`, not an emptied Vec, which would keep its allocation.
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            o.meta_mut().annotations = None;
+        }
+    }
+}
+
+/// [`lean`], and the status dropped: the Worker and Backup controllers' caches of AppStacks,
+/// which read a stack's spec (its Redis, its PostgreSQL) and never its status.
+pub fn lean_stack(s: &mut kube::core::DeserializeGuard<crate::api::AppStack>) {
+    lean(s);
+    if let Ok(stack) = &mut s.0 {
+        stack.status = None;
+    }
+}
+
 /// In-memory annotation of a trimmed cached child: the digest of what berth could have set.
 pub const OBSERVED_DIGEST: &str = "berth.dev/observed-digest";
 
@@ -230,6 +256,26 @@ mod tests {
         let mut t = deployment(2);
         t.trim();
         assert_eq!(observed_digest(&t), Some(base.as_str()));
+    }
+
+    #[test]
+    fn lean_drops_managed_fields_and_the_last_applied_annotation_only() {
+        let mut d = deployment(2);
+        d.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(LAST_APPLIED.into(), "{...}".into());
+        lean(&mut d);
+        assert!(d.metadata.managed_fields.is_none());
+        let a = d.metadata.annotations.as_ref().unwrap();
+        assert!(!a.contains_key(LAST_APPLIED));
+        assert_eq!(a["berth.dev/applied-hash"], "abc");
+        assert!(d.spec.is_some());
+        let mut bare = deployment(2);
+        bare.metadata.annotations = Some([(LAST_APPLIED.to_string(), "x".to_string())].into());
+        lean(&mut bare);
+        assert!(bare.metadata.annotations.is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The watches of the AppStack controller: one reflector per child kind (label
-//! `app.kubernetes.io/managed-by=berth`, managedFields dropped) feeding the stores and the
+//! `app.kubernetes.io/managed-by=berth`, managedFields and kubectl's last-applied annotation dropped) feeding the stores and the
 //! controller's triggers, and the readiness signal once every cache is listed.
 
 use super::*;
@@ -29,7 +29,7 @@ where
     }
 }
 
-/// A watch that fills a store (without managedFields, which berth never reads) and yields
+/// A watch that fills a store (without managedFields and the last-applied annotation: [`trim::lean`]) and yields
 /// the objects it touched, for `owns_stream`/`watches_stream`.
 pub(super) fn reflect<K>(
     api: Api<K>,
@@ -41,7 +41,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(trim::lean::<K>)
         .reflect(writer)
         .touched_objects()
 }

@@ -129,7 +129,7 @@ pub async fn run_synced(
             .any_semantic(),
     )
     .default_backoff()
-    .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
+    .modify(crate::controller::trim::lean::<Deployment>)
     .reflect(writer)
     .applied_objects();
     let (trigger, reader) = crate::controller::synced::main_watch(
@@ -141,7 +141,7 @@ pub async fn run_synced(
     // a stack reconciles its Workers; its status changes do not.
     let stack_changes = watcher(stacks, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|s: &mut DeserializeGuard<AppStack>| s.managed_fields_mut().clear())
+        .modify(crate::controller::trim::lean_stack)
         .reflect(stack_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());

@@ -207,19 +207,19 @@ async fn run_inner(
     let managed = watcher::Config::default().labels(BACKUP_LABEL);
     let owned = watcher(cron_jobs, managed.clone().any_semantic())
         .default_backoff()
-        .modify(|c: &mut CronJob| c.managed_fields_mut().clear())
+        .modify(crate::controller::trim::lean::<CronJob>)
         .reflect(writer)
         .applied_objects();
     // A periodic reconcile reads its AppStack and Jobs from these caches: no request.
     let stack_cache = watcher(stacks, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|s: &mut DeserializeGuard<AppStack>| s.managed_fields_mut().clear())
+        .modify(crate::controller::trim::lean_stack)
         .reflect(stack_writer)
         .for_each(|_| futures::future::ready(()));
     let stack_cache = tokio::spawn(stack_cache);
     let job_events = watcher(jobs, managed.clone().any_semantic())
         .default_backoff()
-        .modify(|j: &mut Job| j.managed_fields_mut().clear())
+        .modify(crate::controller::trim::lean::<Job>)
         .reflect(job_writer)
         .applied_objects();
     let (trigger, reader) = crate::controller::synced::main_watch(

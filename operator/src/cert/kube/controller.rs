@@ -305,7 +305,7 @@ pub async fn run_with(
     let secret_events = watch_secrets.then(|| {
         watcher(secrets, labelled.clone())
             .default_backoff()
-            .modify(|s: &mut PartialObjectMeta<Secret>| s.managed_fields_mut().clear())
+            .modify(crate::controller::trim::lean::<PartialObjectMeta<Secret>>)
             .reflect(secret_writer)
             .inspect(move |e| match e {
                 Ok(watcher::Event::InitDone) => secrets_synced.set(),
@@ -316,7 +316,7 @@ pub async fn run_with(
     });
     let job_events = watcher(jobs, labelled.clone())
         .default_backoff()
-        .modify(|j: &mut Job| j.managed_fields_mut().clear())
+        .modify(crate::controller::trim::lean::<Job>)
         .reflect(job_writer)
         .applied_objects();
     let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
