@@ -312,7 +312,8 @@ pub async fn run_with(
                 Err(_) => secrets_synced.clear(),
                 Ok(_) => {}
             })
-            .applied_objects()
+            // Deletions too: a deleted TLS Secret is issued again at once.
+            .touched_objects()
     });
     let job_events = watcher(jobs, labelled.clone())
         .default_backoff()
