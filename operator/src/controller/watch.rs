@@ -29,42 +29,21 @@ where
     }
 }
 
-/// A watch that fills a store (without managedFields and the last-applied annotation: [`trim::lean`]) and yields
-/// the objects it touched, for `owns_stream`/`watches_stream`.
+/// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`], or
+/// [`trim::Trim::trim`] for the children kept without their spec) and yields the objects it
+/// touched, for `owns_stream`/`watches_stream`.
 pub(super) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
+    prepare: fn(&mut K),
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     watcher(api, config)
         .default_backoff()
-        .modify(trim::lean::<K>)
-        .reflect(writer)
-        .touched_objects()
-}
-
-/// [`reflect`] for the children kept without their spec ([`trim`](super::trim)).
-pub(super) fn reflect_trimmed<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: trim::Trim
-        + Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.trim())
+        .modify(prepare)
         .reflect(writer)
         .touched_objects()
 }
@@ -110,40 +89,47 @@ pub async fn run_synced(
     let stacks = controller.store();
     let c = &client;
     let controller = controller
-        .owns_stream(reflect_trimmed(
+        .owns_stream(reflect(
             scoped::<Deployment>(c, ns),
             deployments,
             w.deployments,
+            trim::Trim::trim,
         ))
-        .owns_stream(reflect_trimmed(
+        .owns_stream(reflect(
             scoped::<StatefulSet>(c, ns),
             children.clone(),
             w.stateful_sets,
+            trim::Trim::trim,
         ))
-        .owns_stream(reflect_trimmed(
+        .owns_stream(reflect(
             scoped::<Service>(c, ns),
             children.clone(),
             w.services,
+            trim::Trim::trim,
         ))
-        .owns_stream(reflect_trimmed(
+        .owns_stream(reflect(
             scoped::<Ingress>(c, ns),
             children.clone(),
             w.ingresses,
+            trim::Trim::trim,
         ))
-        .owns_stream(reflect_trimmed(
+        .owns_stream(reflect(
             scoped::<NetworkPolicy>(c, ns),
             children.clone(),
             w.network_policies,
+            trim::Trim::trim,
         ))
         .owns_stream(reflect(
             scoped::<DeserializeGuard<Worker>>(c, ns),
             children.clone(),
             w.workers,
+            trim::lean,
         ))
         .owns_stream(reflect(
             scoped::<DeserializeGuard<Backup>>(c, ns),
             children,
             w.backups,
+            trim::lean,
         ))
         // Every Certificate: owned ones, and those a stack names in tls.certificateRef (a stack
         // waiting for its Certificate wakes up when it appears).
@@ -152,6 +138,7 @@ pub async fn run_synced(
                 scoped::<DeserializeGuard<Certificate>>(c, ns),
                 watcher::Config::default().any_semantic(),
                 w.certificates,
+                trim::lean,
             ),
             move |cert| stacks_for_certificate(&stacks, &cert),
         )
