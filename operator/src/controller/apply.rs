@@ -61,43 +61,16 @@ where
         })?;
         let hash = diff::stamp(&mut value);
         let key = trim::Verified::key(&kind, ns, &name);
-        let cached = store.get(&ObjectRef::new(&name).within(ns));
-        let current = match cached.as_deref() {
-            None => false,
-            Some(o) => match trim::observed_digest(o) {
-                // Cached whole: compare with it.
-                None => o.as_json().is_some_and(|o| diff::up_to_date(&value, &o)),
-                // Cached trimmed: its digest was seen to hold this desired object, or one read
-                // of the whole object tells (a digest new to this process).
-                Some(digest) => {
-                    if o.as_json()
-                        .and_then(|j| diff::applied_hash(&j).map(str::to_owned))
-                        != Some(hash.clone())
-                    {
-                        false
-                    } else if ctx.verified.holds(&key, digest, &hash) {
-                        true
-                    } else {
-                        let full = api.get_opt(&name).await.map_err(|source| Error::Apply {
-                            kind: kind.clone(),
-                            name: name.clone(),
-                            source,
-                        })?;
-                        match full {
-                            Some(full)
-                                if serde_json::to_value(&full)
-                                    .is_ok_and(|f| diff::up_to_date(&value, &f)) =>
-                            {
-                                ctx.verified
-                                    .record(key.clone(), trim::digest(&full), hash.clone());
-                                true
-                            }
-                            _ => false,
-                        }
-                    }
-                }
-            },
-        };
+        let cached = store
+            .get(&ObjectRef::new(&name).within(ns))
+            .and_then(|o| o.as_json());
+        let current = trim::is_current(&api, &name, &ctx.verified, &key, cached, &value, &hash)
+            .await
+            .map_err(|source| Error::Apply {
+                kind: kind.clone(),
+                name: name.clone(),
+                source,
+            })?;
         if current {
             continue;
         }

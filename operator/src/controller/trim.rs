@@ -18,10 +18,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use kube::Resource;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -50,6 +55,69 @@ pub fn lean_stack(s: &mut kube::core::DeserializeGuard<crate::api::AppStack>) {
     lean(s);
     if let Ok(stack) = &mut s.0 {
         stack.status = None;
+    }
+}
+
+/// [`lean`], and the spec dropped: Jobs, of which the Backup and Certificate controllers read
+/// only metadata (name, labels, creation time) and status.
+pub fn lean_job(j: &mut Job) {
+    lean(j);
+    j.spec = None;
+}
+
+/// [`Trim::trim`] keeping `spec.replicas`: the Worker controller's Deployments, whose replica
+/// count (set by the autoscaler or `kubectl scale`) it reads from the cache.
+pub fn trim_keeping_replicas(d: &mut Deployment) {
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+    d.trim();
+    d.spec = replicas.map(|r| DeploymentSpec {
+        replicas: Some(r),
+        ..DeploymentSpec::default()
+    });
+}
+
+/// Whether the cached child (`cached`: its JSON as cached, whole or trimmed) already is what
+/// berth would apply: `desired`, stamped with its applied hash `hash` (`diff::stamp`). A child
+/// cached whole is compared with it. A trimmed child is current when it carries `hash` and its
+/// digest was seen holding it ([`Verified`], under `key`); a digest new to this process (a
+/// restart, or someone else's change) costs one `get` of the whole object, remembered.
+pub async fn is_current<K>(
+    api: &Api<K>,
+    name: &str,
+    verified: &Verified,
+    key: &str,
+    cached: Option<Value>,
+    desired: &Value,
+    hash: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let Some(cached) = cached else {
+        return Ok(false);
+    };
+    let digest = cached
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(OBSERVED_DIGEST))
+        .and_then(Value::as_str);
+    let Some(digest) = digest else {
+        return Ok(diff::up_to_date(desired, &cached));
+    };
+    if diff::applied_hash(&cached) != Some(hash) {
+        return Ok(false);
+    }
+    if verified.holds(key, digest, hash) {
+        return Ok(true);
+    }
+    match api.get_opt(name).await? {
+        Some(full) => match serde_json::to_value(&full) {
+            Ok(f) if diff::up_to_date(desired, &f) => {
+                verified.record(key.to_string(), digest_value(&f), hash.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+        None => Ok(false),
     }
 }
 
@@ -136,7 +204,14 @@ macro_rules! trim_spec {
         }
     )*};
 }
-trim_spec!(Deployment, StatefulSet, Service, Ingress, NetworkPolicy);
+trim_spec!(
+    Deployment,
+    StatefulSet,
+    Service,
+    Ingress,
+    NetworkPolicy,
+    CronJob
+);
 
 /// Which digest of each child (`Kind/namespace/name`) was seen to contain which desired
 /// object (its applied hash).
@@ -168,6 +243,22 @@ impl Verified {
     /// Forgets every child for which `present` says no (deleted objects).
     pub fn retain(&self, mut present: impl FnMut(&str) -> bool) {
         self.lock().retain(|k, _| present(k));
+    }
+
+    /// Forgets every object of a one-kind memo that `store` no longer holds (deleted).
+    pub fn retain_cached<K>(&self, store: &Store<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        self.retain(|key| {
+            let mut parts = key.splitn(3, '/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(_), Some(ns), Some(name)) => {
+                    store.get(&ObjectRef::new(name).within(ns)).is_some()
+                }
+                _ => false,
+            }
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -276,6 +367,24 @@ mod tests {
         bare.metadata.annotations = Some([(LAST_APPLIED.to_string(), "x".to_string())].into());
         lean(&mut bare);
         assert!(bare.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn jobs_are_kept_with_metadata_and_status_only() {
+        let mut j: Job = serde_json::from_value(json!({
+            "metadata": {"name": "b-1", "namespace": "shop", "labels": {"berth.dev/backup": "b"},
+                         "creationTimestamp": "2026-12-02T10:00:00Z",
+                         "managedFields": [{"manager": "berth"}]},
+            "spec": {"template": {"spec": {"containers": [{"name": "dump", "image": "berth:1"}]}}},
+            "status": {"succeeded": 1}
+        }))
+        .unwrap();
+        lean_job(&mut j);
+        assert!(j.spec.is_none());
+        assert!(j.metadata.managed_fields.is_none());
+        assert_eq!(j.status.as_ref().unwrap().succeeded, Some(1));
+        assert_eq!(j.metadata.labels.as_ref().unwrap()["berth.dev/backup"], "b");
+        assert!(j.metadata.creation_timestamp.is_some());
     }
 
     #[test]
