@@ -579,3 +579,112 @@ async fn resyncs_read_nothing_and_the_secret_is_reread_when_the_queue_fails() {
     reconcile_now(&worker).await.unwrap();
     assert_eq!(secret_reads(), 3);
 }
+
+/// The Worker controller keeps its Deployments without their pod template (a digest of the
+/// whole object and the replica count, `trim_keeping_replicas`): an unchanged Deployment is
+/// neither read nor applied again; a restarted controller reads it once; a change by someone
+/// else (a new digest) is read once and corrected.
+#[tokio::test]
+async fn deployments_cached_without_their_template_are_read_once_and_kept_current() {
+    const DEPLOY: &str = "/apis/apps/v1/namespaces/prod/deployments/render";
+    let redis = RedisServer::start_plain();
+    let worker = worker_json(json!({"replicas": 3}));
+    let reconcile_with = |ctx: Arc<berth::workers::Context>| {
+        let w: Worker = serde_json::from_value(worker.clone()).unwrap();
+        reconcile(Arc::new(kube::core::DeserializeGuard(Ok(w))), ctx)
+    };
+    let cached = |d: &Value| {
+        let mut d: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(d.clone()).unwrap();
+        berth::controller::trim::trim_keeping_replicas(&mut d);
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3), "the replica count is kept");
+        assert!(spec.template.spec.is_none(), "the pod template is not");
+        kube::runtime::watcher::Event::Apply(d)
+    };
+    let deploy_requests = |api: &FakeApi| {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.path == DEPLOY)
+            .map(|r| r.method)
+            .collect::<Vec<_>>()
+    };
+
+    // First reconcile: applied; the watch then delivers the applied object, kept trimmed.
+    let api = FakeApi::start(worker.clone(), secret_json(&redis.url()));
+    let (store, mut writer) = kube::runtime::reflector::store();
+    let ctx = berth::workers::context_with(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+        store.clone(),
+        kube::runtime::reflector::store().0,
+    );
+    reconcile_with(ctx.clone()).await.unwrap();
+    assert_eq!(deploy_requests(&api), ["PATCH"]);
+    let applied = api.matching("PATCH", DEPLOY)[0].body.clone();
+    let mut served = applied.clone();
+    served["status"] = json!({"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
+        "readyReplicas": 3});
+    writer.apply_watcher_event(&cached(&served));
+    reconcile_with(ctx.clone()).await.unwrap();
+    reconcile_with(ctx.clone()).await.unwrap();
+    assert_eq!(
+        deploy_requests(&api),
+        ["PATCH"],
+        "an unchanged Deployment is neither read nor applied"
+    );
+
+    // Restart: nothing remembered, the same trimmed cache: one read of the whole object.
+    let api = FakeApi::with_objects(
+        worker.clone(),
+        vec![
+            (DEPLOY.into(), served.clone()),
+            (
+                "/api/v1/namespaces/prod/secrets/cache".into(),
+                secret_json(&redis.url()),
+            ),
+        ],
+    );
+    let (store, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&cached(&served));
+    let ctx = berth::workers::context_with(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+        store,
+        kube::runtime::reflector::store().0,
+    );
+    reconcile_with(ctx.clone()).await.unwrap();
+    reconcile_with(ctx.clone()).await.unwrap();
+    assert_eq!(deploy_requests(&api), ["GET"], "read once, not applied");
+
+    // Someone changed the image: a new digest, read once, corrected.
+    let mut drifted = served.clone();
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:1");
+    let api = FakeApi::with_objects(
+        worker.clone(),
+        vec![
+            (DEPLOY.into(), drifted.clone()),
+            (
+                "/api/v1/namespaces/prod/secrets/cache".into(),
+                secret_json(&redis.url()),
+            ),
+        ],
+    );
+    let ctx = berth::workers::context_with(
+        api.client.clone(),
+        Arc::new(Metrics::default()),
+        {
+            let (store, mut writer) = kube::runtime::reflector::store();
+            writer.apply_watcher_event(&cached(&drifted));
+            store
+        },
+        kube::runtime::reflector::store().0,
+    );
+    reconcile_with(ctx.clone()).await.unwrap();
+    assert_eq!(deploy_requests(&api), ["GET", "PATCH"]);
+    let fixed = &api.matching("PATCH", DEPLOY)[0].body;
+    assert_eq!(
+        fixed["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/acme/render:1"
+    );
+}

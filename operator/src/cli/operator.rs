@@ -27,6 +27,7 @@ pub use super::operator_args::{LogFormat, OperatorArgs};
 use super::operator_ready::{healthz, metrics, readyz, watch_crds, HttpState};
 use crate::controller::fence::{Fence, FenceLayer};
 use crate::controller::metrics::CrdMetrics;
+use crate::controller::synced::MainWatch;
 use crate::controller::synced::Synced;
 use crate::controller::{self, leader};
 use crate::k8s::network::IngressOptions;
@@ -103,9 +104,11 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-/// How long one API request of the controllers may wait for bytes (watches receive a bookmark
-/// at least every minute) and for a connection.
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one API request of the controllers may wait for bytes, and for a connection. A
+/// watch may be silent (no event, and no bookmark for a kind without any event since the API
+/// server started) until the API server ends it at `WATCH_TIMEOUT`, 20 s before this.
+const READ_TIMEOUT: Duration =
+    Duration::from_secs(crate::controller::synced::WATCH_TIMEOUT.as_secs() + 20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The controllers' client (writes pass the leader's fence) and the elector's client (reads
@@ -454,45 +457,83 @@ async fn run_controllers(
         },
         instance: Some(identity),
     };
+    // One watch and one cache each for AppStacks, Workers and Backups, shared by the
+    // controllers that read them (each object is kept once in memory).
+    let any = || crate::controller::synced::watch_config().any_semantic();
+    let (stacks, workers, backups, certificates) = match &args.namespace {
+        Some(ns) => (
+            kube::Api::namespaced(client.clone(), ns),
+            kube::Api::namespaced(client.clone(), ns),
+            kube::Api::namespaced(client.clone(), ns),
+            kube::Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            kube::Api::all(client.clone()),
+            kube::Api::all(client.clone()),
+            kube::Api::all(client.clone()),
+            kube::Api::all(client.clone()),
+        ),
+    };
+    let stacks = MainWatch::new(stacks, any());
+    let workers = MainWatch::new(workers, any());
+    let backups = MainWatch::new(backups, any());
+    let certificates = MainWatch::new(certificates, any());
+    let for_workers = controller::SharedCache::of(&stacks);
+    let stack_store = stacks.store();
+    let for_stacks = controller::SharedCaches {
+        workers: controller::SharedCache::of(&workers),
+        backups: controller::SharedCache::of(&backups),
+        certificates: controller::SharedCache::of(&certificates),
+        stacks,
+    };
     let mut controllers = JoinSet::new();
     spawn_controller(
         &mut controllers,
         "AppStack",
-        controller::run_synced(
+        controller::run_shared(
             client.clone(),
             settings,
             appstack_metrics,
             work.clone(),
             Some(synced[0].1.clone()),
+            Some(for_stacks),
         ),
     );
     spawn_controller(
         &mut controllers,
         "Worker",
-        crate::workers::run_synced(
+        crate::workers::run_shared(
             client.clone(),
             args.namespace.clone(),
             worker_metrics,
             work.clone(),
             synced[1].1.clone(),
             args.redis_keyspace_notifications,
+            Some(crate::workers::SharedCaches {
+                workers,
+                stacks: for_workers,
+            }),
         ),
     );
     spawn_controller(
         &mut controllers,
         "Backup",
-        crate::backup::kube::controller::run_synced(
+        crate::backup::kube::controller::run_shared(
             client.clone(),
             args.namespace.clone(),
             backup_metrics,
             work.clone(),
             synced[2].1.clone(),
+            Some(crate::backup::kube::controller::SharedCaches {
+                backups,
+                stacks: stack_store,
+            }),
         ),
     );
     spawn_controller(
         &mut controllers,
         "Certificate",
-        crate::cert::kube::controller::run_with(
+        crate::cert::kube::controller::run_shared(
             {
                 let mut ctx =
                     crate::cert::kube::controller::Context::new(client.clone(), cert_metrics);
@@ -501,6 +542,7 @@ async fn run_controllers(
             },
             args.namespace.clone(),
             work.clone(),
+            Some(certificates),
         ),
     );
 

@@ -63,7 +63,7 @@ use status::Problem;
 pub use apply::orphans;
 use apply::*;
 use events::*;
-pub use watch::{run, run_synced, run_with};
+pub use watch::{run, run_shared, run_synced, run_with, SharedCache, SharedCaches};
 
 /// How long a healthy stack waits before a resync from the caches (reads only, no writes
 /// unless something drifted unnoticed).

@@ -58,6 +58,34 @@ pub async fn run_with(
     run_synced(client, settings, metrics, shutdown, None).await
 }
 
+/// The caches the AppStack controller shares with the Worker and Backup controllers of the
+/// same process: it drives the AppStack watch (they read its cache), and reads theirs.
+pub struct SharedCaches {
+    pub stacks: synced::MainWatch<DeserializeGuard<AppStack>>,
+    pub workers: SharedCache<DeserializeGuard<Worker>>,
+    pub backups: SharedCache<DeserializeGuard<Backup>>,
+    pub certificates: SharedCache<DeserializeGuard<Certificate>>,
+}
+
+/// Another controller's main cache and the stream of its changes.
+pub struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Store<K>,
+    pub changes: futures::stream::BoxStream<'static, Arc<K>>,
+}
+
+impl<K> SharedCache<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Subscribes to `watch` (before it runs).
+    pub fn of(watch: &synced::MainWatch<K>) -> Self {
+        SharedCache {
+            store: watch.store(),
+            changes: watch.subscribe().boxed(),
+        }
+    }
+}
+
 /// [`run_with`], raising `synced` once every cache holds a first complete list (for /readyz).
 pub async fn run_synced(
     client: Client,
@@ -66,23 +94,47 @@ pub async fn run_synced(
     shutdown: CancellationToken,
     synced: Option<synced::Synced>,
 ) -> Result<(), Error> {
+    run_shared(client, settings, metrics, shutdown, synced, None).await
+}
+
+/// [`run_synced`] with the caches shared with the Worker and Backup controllers (`shared`), or
+/// with its own (`None`).
+pub async fn run_shared(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Option<synced::Synced>,
+    shared: Option<SharedCaches>,
+) -> Result<(), Error> {
     let ns = settings.namespace.as_deref();
-    let (stores, w) = stores();
-    let children = watcher::Config::default()
+    let (mut stores, w) = stores();
+    let children = crate::controller::synced::watch_config()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
     // A Worker's Deployment belongs to the Worker controller (label berth.dev/worker).
-    let deployments = watcher::Config::default()
+    let deployments = crate::controller::synced::watch_config()
         .labels(&format!(
             "app.kubernetes.io/managed-by={MANAGER},!{WORKER_LABEL}"
         ))
         .any_semantic();
     let main_synced = synced::Synced::default();
-    let (trigger, reader) = synced::main_watch(
-        scoped::<DeserializeGuard<AppStack>>(&client, ns),
-        watcher::Config::default().any_semantic(),
-        main_synced.clone(),
-    );
+    let (stack_watch, others) = match shared {
+        Some(SharedCaches {
+            stacks,
+            workers,
+            backups,
+            certificates,
+        }) => (stacks, Some((workers, backups, certificates))),
+        None => (
+            synced::MainWatch::new(
+                scoped::<DeserializeGuard<AppStack>>(&client, ns),
+                crate::controller::synced::watch_config().any_semantic(),
+            ),
+            None,
+        ),
+    };
+    let (trigger, reader) = stack_watch.into_stream(main_synced.clone());
     // Creating a stack's children fires one event per child: merged into one reconcile.
     let controller = Controller::for_stream(trigger, reader)
         .with_config(synced::controller_config(Duration::from_millis(500)));
@@ -119,30 +171,48 @@ pub async fn run_synced(
             w.network_policies,
             trim::Trim::trim,
         ))
-        .owns_stream(reflect(
-            scoped::<DeserializeGuard<Worker>>(c, ns),
-            children.clone(),
-            w.workers,
-            trim::lean,
-        ))
-        .owns_stream(reflect(
-            scoped::<DeserializeGuard<Backup>>(c, ns),
-            children,
-            w.backups,
-            trim::lean,
-        ))
-        // Every Certificate: owned ones, and those a stack names in tls.certificateRef (a stack
-        // waiting for its Certificate wakes up when it appears).
-        .watches_stream(
-            reflect(
-                scoped::<DeserializeGuard<Certificate>>(c, ns),
-                watcher::Config::default().any_semantic(),
-                w.certificates,
-                trim::lean,
-            ),
-            move |cert| stacks_for_certificate(&stacks, &cert),
-        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    // Workers and Backups: the Worker and Backup controllers' caches where they run beside this
+    // one (each object kept once), else watches of their own.
+    // Workers, Backups and Certificates: the caches of their own controllers where those run
+    // beside this one (each object kept once), else watches of this controller's own.
+    // Certificates: every one, owned ones and those a stack names in tls.certificateRef (a
+    // stack waiting for its Certificate wakes up when it appears).
+    let controller = match others {
+        Some((workers, backups, certificates)) => {
+            stores.workers = workers.store;
+            stores.backups = backups.store;
+            stores.certificates = certificates.store;
+            controller
+                .owns_shared_stream(workers.changes)
+                .owns_shared_stream(backups.changes)
+                .watches_shared_stream(certificates.changes, move |cert| {
+                    stacks_for_certificate(&stacks, &cert)
+                })
+        }
+        None => controller
+            .owns_stream(reflect(
+                scoped::<DeserializeGuard<Worker>>(c, ns),
+                children.clone(),
+                w.workers,
+                trim::lean,
+            ))
+            .owns_stream(reflect(
+                scoped::<DeserializeGuard<Backup>>(c, ns),
+                children,
+                w.backups,
+                trim::lean,
+            ))
+            .watches_stream(
+                reflect(
+                    scoped::<DeserializeGuard<Certificate>>(c, ns),
+                    crate::controller::synced::watch_config().any_semantic(),
+                    w.certificates,
+                    trim::lean,
+                ),
+                move |cert| stacks_for_certificate(&stacks, &cert),
+            ),
+    };
     let ctx = Arc::new(Context::new(
         client,
         stores,

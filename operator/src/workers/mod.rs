@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod state;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +20,14 @@ use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{predicates, watcher, Controller, WatchStreamExt};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppStack, Worker};
 use crate::autoscale::Driver;
-use crate::controller::synced::Synced;
+use crate::controller::synced::{MainWatch, Synced};
+use crate::controller::SharedCache;
 
 pub use metrics::Metrics;
 pub use reconcile::{error_policy, reconcile, worker_id, Context, ReconcileError};
@@ -70,6 +71,7 @@ pub fn context_with(
         shared,
         driver,
         deployments,
+        verified: Default::default(),
         stacks,
     })
 }
@@ -102,6 +104,36 @@ pub async fn run_synced(
     synced: Synced,
     keyspace_notifications: bool,
 ) -> Result<(), WorkersError> {
+    run_shared(
+        client,
+        namespace,
+        metrics,
+        shutdown,
+        synced,
+        keyspace_notifications,
+        None,
+    )
+    .await
+}
+
+/// The caches the Worker controller shares with the AppStack controller of the same process:
+/// it drives the Worker watch (the AppStack controller reads its cache) and reads the
+/// AppStack controller's cache of stacks.
+pub struct SharedCaches {
+    pub workers: MainWatch<DeserializeGuard<Worker>>,
+    pub stacks: SharedCache<DeserializeGuard<AppStack>>,
+}
+
+/// [`run_synced`] with caches shared with the AppStack controller (`shared`), or its own.
+pub async fn run_shared(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: Synced,
+    keyspace_notifications: bool,
+    shared: Option<SharedCaches>,
+) -> Result<(), WorkersError> {
     let workers: Api<DeserializeGuard<Worker>> = scoped(&client, namespace.as_deref());
     let deployments: Api<Deployment> = scoped(&client, namespace.as_deref());
     let stacks: Api<DeserializeGuard<AppStack>> = scoped(&client, namespace.as_deref());
@@ -110,7 +142,31 @@ pub async fn run_synced(
         .await
         .map_err(WorkersError::CannotList)?;
     let (deployment_store, writer) = reflector::store();
-    let (stack_store, stack_writer) = reflector::store();
+    let (worker_watch, stack_store, stack_changes) = match shared {
+        Some(SharedCaches { workers, stacks }) => (workers, stacks.store, stacks.changes),
+        None => {
+            // The AppStacks Workers refer to, from a cache (a resync reads nothing).
+            let (stack_store, stack_writer) = reflector::store();
+            let changes = watcher(
+                stacks,
+                crate::controller::synced::watch_config().any_semantic(),
+            )
+            .default_backoff()
+            .modify(crate::controller::trim::lean_stack)
+            .reflect(stack_writer)
+            .applied_objects()
+            .filter_map(|r| futures::future::ready(r.ok().map(Arc::new)))
+            .boxed();
+            (
+                MainWatch::new(
+                    workers,
+                    crate::controller::synced::watch_config().any_semantic(),
+                ),
+                stack_store,
+                changes,
+            )
+        }
+    };
     let ctx = context_with(client, metrics, deployment_store, stack_store);
 
     let driver = ctx.driver.clone();
@@ -120,7 +176,7 @@ pub async fn run_synced(
 
     let owned = watcher(
         deployments,
-        watcher::Config::default()
+        crate::controller::synced::watch_config()
             // Only Workers' Deployments: the stacks' own are the AppStack controller's.
             .labels(&format!(
                 "app.kubernetes.io/managed-by=berth,{}",
@@ -129,29 +185,20 @@ pub async fn run_synced(
             .any_semantic(),
     )
     .default_backoff()
-    .modify(crate::controller::trim::lean::<Deployment>)
+    // Kept without the pod template: the digest and the replica count are what is read.
+    .modify(crate::controller::trim::trim_keeping_replicas)
     .reflect(writer)
     .applied_objects();
-    let (trigger, reader) = crate::controller::synced::main_watch(
-        workers,
-        watcher::Config::default().any_semantic(),
-        synced,
-    );
-    // The AppStacks Workers refer to, from a cache (a resync reads nothing): a spec change of
-    // a stack reconciles its Workers; its status changes do not.
-    let stack_changes = watcher(stacks, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(crate::controller::trim::lean_stack)
-        .reflect(stack_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let (trigger, reader) = worker_watch.into_stream(synced);
+    // A spec change of a stack reconciles its Workers; its status changes do not.
+    let stack_changes = stack_changes.filter(generation_changed());
     let worker_index = reader.clone();
     let controller = Controller::for_stream(trigger, reader)
         .with_config(crate::controller::synced::controller_config(
             Duration::from_millis(200),
         ))
         .owns_stream(owned)
-        .watches_stream(stack_changes, move |stack| {
+        .watches_shared_stream(stack_changes, move |stack| {
             workers_of_stack(&worker_index, &stack)
         })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
@@ -175,6 +222,7 @@ pub async fn run_synced(
                 .iter()
                 .filter_map(|w| w.namespace().map(|ns| worker_id(&ns, &w.name_any())))
                 .collect();
+            gc_ctx.verified.retain_cached(&gc_ctx.deployments);
             for id in gc_ctx.driver.ids() {
                 if !live.contains(&id) {
                     gc_ctx.driver.remove(&id);
@@ -192,6 +240,19 @@ pub async fn run_synced(
     let _ = autoscaler.await;
     let _ = gc.await;
     Ok(())
+}
+
+/// A filter passing an object when its `metadata.generation` differs from the last one seen
+/// for it (its spec changed, or it is new): the shared-stream form of kube's
+/// `predicates::generation`.
+fn generation_changed<K: Resource<DynamicType = ()>>(
+) -> impl FnMut(&Arc<K>) -> futures::future::Ready<bool> {
+    let mut seen: HashMap<ObjectRef<K>, Option<i64>> = HashMap::new();
+    move |o| {
+        let generation = o.meta().generation;
+        let changed = seen.insert(ObjectRef::from_obj(&**o), generation) != Some(generation);
+        futures::future::ready(changed || generation.is_none())
+    }
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -221,4 +282,41 @@ pub fn workers_of_stack(
         })
         .map(|w| ObjectRef::from_obj(w.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn stack(name: &str, generation: i64, rv: &str) -> Arc<DeserializeGuard<AppStack>> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+                "metadata": {"name": name, "namespace": "ns", "generation": generation,
+                             "resourceVersion": rv},
+                "spec": {"api": {"image": "a:1"}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Stack changes reach the Worker controller only when a stack's spec changed (its
+    /// generation), not for status writes: the shared stream's form of kube's predicate.
+    #[tokio::test]
+    async fn only_spec_changes_of_stacks_pass() {
+        let events = futures::stream::iter([
+            stack("shop", 1, "10"),
+            stack("blog", 1, "11"),
+            stack("shop", 1, "12"), // status written
+            stack("shop", 2, "13"), // spec changed
+            stack("shop", 2, "14"), // status written
+        ]);
+        let passed: Vec<String> = events
+            .filter(generation_changed())
+            .map(|s| s.meta().resource_version.clone().unwrap())
+            .collect()
+            .await;
+        assert_eq!(passed, ["10", "11", "13"]);
+    }
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
 use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
-use crate::controller::diff;
+use crate::controller::{diff, trim};
 use crate::k8s::meta::MANAGER;
 use crate::plan::wiring::{stack_urls, UrlSource};
 use crate::plan::worker::{plan_worker, start_replicas};
@@ -46,6 +46,8 @@ pub struct Context {
     /// The Worker Deployments as the watch last saw them: a Deployment already as desired is
     /// not applied again (an idle Worker sends no writes).
     pub deployments: Store<Deployment>,
+    /// Which digest of each trimmed cached Deployment was seen holding which desired object.
+    pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them: the one a Worker refers to is read from
     /// here (an API read only when it is not in the cache, e.g. before the first list).
     pub stacks: Store<DeserializeGuard<AppStack>>,
@@ -258,23 +260,33 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
         let replicas = start_replicas(spec, running);
         let d = build::deployment(worker, &plan, replicas);
         let mut desired = serde_json::to_value(&d).map_err(kube::Error::SerdeError)?;
-        diff::stamp(&mut desired);
+        let hash = diff::stamp(&mut desired);
+        let key = trim::Verified::key("Deployment", &ns, &name);
         let cached = ctx.deployments.get(&ObjectRef::new(&name).within(&ns));
-        let current = cached.as_deref().and_then(|c| {
-            let observed = serde_json::to_value(c).ok()?;
-            diff::up_to_date(&desired, &observed).then(|| c.clone())
-        });
-        let applied = match current {
-            Some(c) => c,
+        let observed = cached.as_deref().and_then(|c| serde_json::to_value(c).ok());
+        let current = trim::is_current(
+            &deployments,
+            &name,
+            &ctx.verified,
+            &key,
+            observed,
+            &desired,
+            &hash,
+        )
+        .await?;
+        let applied = match cached.filter(|_| current) {
+            Some(c) => (*c).clone(),
             None => {
                 ctx.shared.metrics.writes.inc();
-                deployments
+                let applied = deployments
                     .patch(
                         &name,
                         &PatchParams::apply(MANAGER).force(),
                         &Patch::Apply(&desired),
                     )
-                    .await?
+                    .await?;
+                ctx.verified.record(key, trim::digest(&applied), hash);
+                applied
             }
         };
         ctx.shared.with(&id, |rt| {

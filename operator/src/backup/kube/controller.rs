@@ -93,6 +93,8 @@ pub struct Context {
     pub image: String,
     /// The CronJobs as the watch last saw them: one already as desired is not applied again.
     pub cron_jobs: Store<CronJob>,
+    /// Which digest of each trimmed cached CronJob was seen holding which desired object.
+    pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them (an API read only for one not in it).
     pub stacks: Store<DeserializeGuard<AppStack>>,
     /// The Backups' Jobs as their watch last saw them; `None` (no watch running): listed.
@@ -119,6 +121,7 @@ impl Context {
             recorder,
             image,
             cron_jobs: reflector::store().0,
+            verified: Default::default(),
             stacks: reflector::store().0,
             jobs: None,
             applied_claims: Default::default(),
@@ -147,8 +150,28 @@ pub async fn run_synced(
     shutdown: CancellationToken,
     synced: crate::controller::synced::Synced,
 ) -> Result<(), BackupError> {
+    run_shared(client, namespace, metrics, shutdown, synced, None).await
+}
+
+/// The caches the Backup controller shares with the AppStack controller of the same process:
+/// it drives the Backup watch (the AppStack controller reads its cache) and reads the
+/// AppStack controller's cache of stacks.
+pub struct SharedCaches {
+    pub backups: crate::controller::synced::MainWatch<DeserializeGuard<Backup>>,
+    pub stacks: Store<DeserializeGuard<AppStack>>,
+}
+
+/// [`run_synced`] with caches shared with the AppStack controller (`shared`), or its own.
+pub async fn run_shared(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    synced: crate::controller::synced::Synced,
+    shared: Option<SharedCaches>,
+) -> Result<(), BackupError> {
     let image = std::env::var("BERTH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
-    run_inner(client, namespace, metrics, shutdown, image, synced).await
+    run_inner(client, namespace, metrics, shutdown, image, synced, shared).await
 }
 
 /// [`run`] with the berth image given (tests, embedders).
@@ -166,6 +189,7 @@ pub async fn run_with_image(
         shutdown,
         image,
         Default::default(),
+        None,
     )
     .await
 }
@@ -177,6 +201,7 @@ async fn run_inner(
     shutdown: CancellationToken,
     image: String,
     synced: crate::controller::synced::Synced,
+    shared: Option<SharedCaches>,
 ) -> Result<(), BackupError> {
     let (backups, cron_jobs, jobs): (Api<DeserializeGuard<Backup>>, Api<CronJob>, Api<Job>) =
         match &namespace {
@@ -196,37 +221,59 @@ async fn run_inner(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    let (stack_store, stack_writer) = reflector::store();
     let (job_store, job_writer) = reflector::store();
+    // A periodic reconcile reads its AppStack and Jobs from caches: no request.
+    let (backup_watch, stack_store, stack_cache) = match shared {
+        Some(SharedCaches { backups, stacks }) => (backups, stacks, None),
+        None => {
+            let (stack_store, stack_writer) = reflector::store();
+            let stack_cache = watcher(
+                stacks,
+                crate::controller::synced::watch_config().any_semantic(),
+            )
+            .default_backoff()
+            .modify(crate::controller::trim::lean_stack)
+            .reflect(stack_writer)
+            .for_each(|_| futures::future::ready(()));
+            (
+                crate::controller::synced::MainWatch::new(
+                    backups,
+                    crate::controller::synced::watch_config().any_semantic(),
+                ),
+                stack_store,
+                Some(tokio::spawn(stack_cache)),
+            )
+        }
+    };
     let ctx = Arc::new(Context {
         cron_jobs: store,
         stacks: stack_store,
         jobs: Some(job_store),
         ..Context::new(client, metrics, image)
     });
-    let managed = watcher::Config::default().labels(BACKUP_LABEL);
+    let managed = crate::controller::synced::watch_config().labels(BACKUP_LABEL);
+    // CronJobs kept without their spec (a digest of it), Jobs without theirs (never read).
     let owned = watcher(cron_jobs, managed.clone().any_semantic())
         .default_backoff()
-        .modify(crate::controller::trim::lean::<CronJob>)
+        .modify(crate::controller::trim::Trim::trim)
         .reflect(writer)
         .applied_objects();
-    // A periodic reconcile reads its AppStack and Jobs from these caches: no request.
-    let stack_cache = watcher(stacks, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(crate::controller::trim::lean_stack)
-        .reflect(stack_writer)
-        .for_each(|_| futures::future::ready(()));
-    let stack_cache = tokio::spawn(stack_cache);
     let job_events = watcher(jobs, managed.clone().any_semantic())
         .default_backoff()
-        .modify(crate::controller::trim::lean::<Job>)
+        .modify(crate::controller::trim::lean_job)
         .reflect(job_writer)
         .applied_objects();
-    let (trigger, reader) = crate::controller::synced::main_watch(
-        backups,
-        watcher::Config::default().any_semantic(),
-        synced,
-    );
+    let (trigger, reader) = backup_watch.into_stream(synced);
+    // The digests of deleted CronJobs are forgotten (memory bounded by the live ones).
+    let gc = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESYNC).await;
+                ctx.verified.retain_cached(&ctx.cron_jobs);
+            }
+        })
+    };
     Controller::for_stream(trigger, reader)
         .with_config(crate::controller::synced::controller_config(
             std::time::Duration::from_millis(200),
@@ -245,7 +292,10 @@ async fn run_inner(
             }
         })
         .await;
-    stack_cache.abort();
+    if let Some(t) = stack_cache {
+        t.abort();
+    }
+    gc.abort();
     Ok(())
 }
 
@@ -427,17 +477,29 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
     }
     let cj = cron_job(&backup, &inputs);
     let mut desired = serde_json::to_value(&cj).map_err(kube::Error::SerdeError)?;
-    crate::controller::diff::stamp(&mut desired);
-    let current = ctx
+    let hash = crate::controller::diff::stamp(&mut desired);
+    let key = crate::controller::trim::Verified::key("CronJob", &ns, &name);
+    let observed = ctx
         .cron_jobs
         .get(&ObjectRef::new(&name).within(&ns))
-        .and_then(|c| serde_json::to_value(&*c).ok())
-        .is_some_and(|observed| crate::controller::diff::up_to_date(&desired, &observed));
+        .and_then(|c| serde_json::to_value(&*c).ok());
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let current = crate::controller::trim::is_current(
+        &cron_jobs,
+        &name,
+        &ctx.verified,
+        &key,
+        observed,
+        &desired,
+        &hash,
+    )
+    .await?;
     if !current {
-        let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-        cron_jobs
+        let applied = cron_jobs
             .patch(&name, &apply, &Patch::Apply(&desired))
             .await?;
+        ctx.verified
+            .record(key, crate::controller::trim::digest(&applied), hash);
     }
 
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);

@@ -15,7 +15,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -38,6 +38,7 @@ use crate::cert::round::{self, CaPair};
 use crate::cert::status::Outcome;
 use crate::cert::timing::{Decision, DueReason};
 use crate::cert::CertError;
+use crate::controller::synced::MainWatch;
 use crate::k8s::meta::MANAGER;
 
 /// The longest wait between two looks at a Certificate without any event.
@@ -180,6 +181,22 @@ type Read = (
 );
 
 impl Context {
+    /// Forgets what was read of the TLS Secrets no Certificate in `certs` names any more.
+    fn forget_deleted(&self, certs: &Store<DeserializeGuard<Certificate>>) {
+        let named: std::collections::HashSet<String> = certs
+            .state()
+            .iter()
+            .filter_map(|c| {
+                let cert = c.0.as_ref().ok()?;
+                Some(format!("{}/{}", c.namespace()?, cert.spec.secret_name))
+            })
+            .collect();
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| named.contains(k));
+    }
+
     /// What the Secret holds, from memory when the labelled Secrets' watch shows it unchanged
     /// since it was last read (or still absent, for at most [`ABSENT_RECHECK`]); else one GET.
     async fn read_tls(&self, secrets: &Api<Secret>, ns: &str, name: &str) -> Result<Read, Error> {
@@ -263,10 +280,21 @@ pub async fn run_with(
     namespace: Option<String>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_shared(ctx, namespace, shutdown, None).await
+}
+
+/// [`run_with`], driving `shared`: the Certificate watch whose cache the AppStack controller
+/// of the same process reads (each Certificate kept once), or a watch of its own (`None`).
+pub async fn run_shared(
+    ctx: Context,
+    namespace: Option<String>,
+    shutdown: CancellationToken,
+    shared: Option<MainWatch<DeserializeGuard<Certificate>>>,
+) -> Result<(), Error> {
     let client = ctx.client.clone();
     #[allow(clippy::type_complexity)]
     let (certs, secrets, cron_jobs, jobs): (
-        Api<Certificate>,
+        Api<DeserializeGuard<Certificate>>,
         Api<PartialObjectMeta<Secret>>,
         Api<CronJob>,
         Api<Job>,
@@ -284,7 +312,7 @@ pub async fn run_with(
             Api::all(client.clone()),
         ),
     };
-    let labelled = watcher::Config::default().labels(CERT_LABEL);
+    let labelled = crate::controller::synced::watch_config().labels(CERT_LABEL);
     let (job_store, job_writer) = reflector::store();
     // Only the labelled Secrets' metadata is watched, and only where the operator may list and
     // watch Secrets (the chart grants it with certificates.watchSecrets=true): their data
@@ -317,19 +345,32 @@ pub async fn run_with(
     });
     let job_events = watcher(jobs, labelled.clone())
         .default_backoff()
-        .modify(crate::controller::trim::lean::<Job>)
+        // Only whether a Job exists is read: kept without its spec.
+        .modify(crate::controller::trim::lean_job)
         .reflect(job_writer)
         .applied_objects();
     let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
         let (name, ns) = o();
-        Some(ObjectRef::<Certificate>::new(&name?).within(&ns?))
+        Some(ObjectRef::<DeserializeGuard<Certificate>>::new(&name?).within(&ns?))
     };
     // Certificates cached without managedFields, and the CRD check woken when this watch fails.
-    let (trigger, reader) = crate::controller::synced::main_watch(
-        certs,
-        watcher::Config::default(),
-        crate::controller::synced::Synced::default(),
-    );
+    let watch = shared.unwrap_or_else(|| {
+        MainWatch::new(
+            certs,
+            crate::controller::synced::watch_config().any_semantic(),
+        )
+    });
+    let (trigger, reader) = watch.into_stream(crate::controller::synced::Synced::default());
+    // What is remembered of deleted Certificates' Secrets is forgotten.
+    let gc = {
+        let (ctx, certs) = (ctx.clone(), reader.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESYNC).await;
+                ctx.forget_deleted(&certs);
+            }
+        })
+    };
     let mut controller = Controller::for_stream(trigger, reader)
         .with_config(crate::controller::synced::controller_config(
             std::time::Duration::from_millis(200),
@@ -345,14 +386,43 @@ pub async fn run_with(
             by_label(&|| (j.labels().get(CERT_LABEL).cloned(), j.namespace()))
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_guarded, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 warn!(error = %e, "certificate reconcile failed");
             }
         })
         .await;
+    gc.abort();
     Ok(())
+}
+
+/// [`reconcile`] for what the watch delivers: a Certificate that does not deserialize gets a
+/// Warning Event and waits for a change, without failing the watch of every other one.
+pub async fn reconcile_guarded(
+    guarded: Arc<DeserializeGuard<Certificate>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &guarded.0 {
+        Ok(cert) => reconcile(Arc::new(cert.clone()), ctx).await,
+        Err(invalid) => {
+            crate::k8s::report::publish(
+                &ctx.recorder,
+                &guarded.object_ref(&()),
+                kube::runtime::events::EventType::Warning,
+                "InvalidObject",
+                "Certificate",
+                format!(
+                    "the Certificate cannot be read ({}): fix it so it matches the Certificate CRD",
+                    invalid.error
+                ),
+            )
+            .await;
+            warn!(certificate = %guarded.name_any(), error = %invalid.error, "cannot reconcile");
+            ctx.metrics.count("invalid");
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// Whether this operator may list and watch Secrets (in `namespace`, or cluster-wide), asked
@@ -388,7 +458,11 @@ pub async fn may_watch_secrets(client: &Client, namespace: Option<&str>) -> bool
     true
 }
 
-fn error_policy(cert: Arc<Certificate>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    cert: Arc<DeserializeGuard<Certificate>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     warn!(certificate = %cert.name_any(), error = %err, "reconcile failed, retrying");
     ctx.metrics.count("error");
     Action::requeue(RETRY)

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::api::AppStack;
+use k8s_openapi::api::batch::v1::CronJob;
 use kube::core::DeserializeGuard;
 use kube::runtime::{reflector, watcher};
 use std::time::Duration;
@@ -384,8 +385,15 @@ async fn a_resync_of_an_unchanged_backup_sends_no_request() {
     });
     reconcile(Arc::new(b.clone()), ctx.clone()).await.unwrap();
     let (mut handle, cj, st) = server.await.unwrap();
-    // The watch sees the applied CronJob; the Backup carries the status written.
-    cron_writer.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(cj).unwrap()));
+    // The watch sees the applied CronJob (and keeps it without its spec, as the controller's
+    // watch does); the Backup carries the status written.
+    let trimmed = || {
+        let mut o: CronJob = serde_json::from_value(cj.clone()).unwrap();
+        crate::controller::trim::Trim::trim(&mut o);
+        assert!(o.spec.is_none(), "cached without its spec");
+        o
+    };
+    cron_writer.apply_watcher_event(&watcher::Event::Apply(trimmed()));
     let mut b2 = b.clone();
     b2.status = Some(serde_json::from_value(st["status"].clone()).unwrap());
 
@@ -413,4 +421,69 @@ async fn a_resync_of_an_unchanged_backup_sends_no_request() {
             .flatten()
             .map(|(r, _)| format!("{} {}", r.method(), r.uri()))
     );
+
+    // A restarted controller (nothing remembered) with the same trimmed cache: the CronJob is
+    // read once, whole, and not applied; the next resync reads nothing.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (stacks, mut stack_writer) = reflector::store();
+    stack_writer.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppStack",
+            "metadata": {"name": "vidgen", "namespace": "prod", "uid": "u-s"},
+            "spec": {"api": {"image": "a:1"}, "postgres": {"version": "16"}}
+        }))
+        .unwrap(),
+    ));
+    let (cron_jobs, mut cron_writer) = reflector::store();
+    cron_writer.apply_watcher_event(&watcher::Event::Apply(trimmed()));
+    let restarted = Arc::new(Context {
+        stacks,
+        cron_jobs,
+        jobs: Some(reflector::store().0),
+        ..Context::new(
+            Client::new(service, "prod"),
+            Arc::new(Metrics::default()),
+            "berth:test".into(),
+        )
+    });
+    let whole = cj.clone();
+    let server = tokio::spawn(async move {
+        // The volume claim's hash is not remembered either: applied once more.
+        expect(
+            &mut handle,
+            "PATCH",
+            "/api/v1/namespaces/prod/persistentvolumeclaims/*",
+            &APPLY,
+            echo,
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/apis/batch/v1/namespaces/prod/cronjobs/vidgen",
+            &[],
+            move |_| whole,
+        )
+        .await;
+        handle
+    });
+    let mut b3 = b.clone();
+    b3.status = Some(serde_json::from_value(st["status"].clone()).unwrap());
+    reconcile(Arc::new(b3.clone()), restarted.clone())
+        .await
+        .unwrap();
+    let mut handle = server.await.unwrap();
+    let resync = tokio::spawn(tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(b3), restarted.clone()),
+    ));
+    let next = tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await;
+    assert!(
+        next.is_err(),
+        "after one read the CronJob's digest is known; the resync sent {:?}",
+        next.ok()
+            .flatten()
+            .map(|(r, _)| format!("{} {}", r.method(), r.uri()))
+    );
+    resync.await.unwrap().expect("the resync ended").unwrap();
 }
