@@ -633,6 +633,16 @@ async fn deployments_cached_without_their_template_are_read_once_and_kept_curren
         ["PATCH"],
         "an unchanged Deployment is neither read nor applied"
     );
+    // The Worker changed: its Deployment, whose digest is known, is applied without a read.
+    let mut changed: Worker = serde_json::from_value(worker.clone()).unwrap();
+    changed.spec.container.image = "ghcr.io/acme/render:2".into();
+    reconcile(
+        Arc::new(kube::core::DeserializeGuard(Ok(changed))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(deploy_requests(&api), ["PATCH", "PATCH"]);
 
     // Restart: nothing remembered, the same trimmed cache: one read of the whole object.
     let api = FakeApi::with_objects(

@@ -63,7 +63,7 @@ pub fn run(args: OperatorArgs) -> u8 {
     // burst of lookups from starting hundreds of threads (each with its stack and malloc arena).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(32)
+        .max_blocking_threads(8)
         .build()
     {
         Ok(r) => r,

@@ -31,6 +31,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::diff;
+use crate::k8s::meta::STACK_LABEL;
 
 /// kubectl's client-side apply record: the whole object again, as a string.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -103,11 +104,9 @@ where
     let Some(digest) = digest else {
         return Ok(diff::up_to_date(desired, &cached));
     };
-    if diff::applied_hash(&cached) != Some(hash) {
-        return Ok(false);
-    }
-    if verified.holds(key, digest, hash) {
-        return Ok(true);
+    // A digest seen before: the object is unchanged since, and holds what it held then.
+    if let Some(held) = verified.held(key, digest) {
+        return Ok(held == hash);
     }
     match api.get_opt(name).await? {
         Some(full) => match serde_json::to_value(&full) {
@@ -178,19 +177,18 @@ pub fn observed_digest<K: Resource>(obj: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Keeps of the metadata what berth reads from a cached child: its identity (name, namespace,
+/// uid, generation), ownerReferences, the stack label (pruning) and the digest, which stands
+/// for every label and annotation dropped (the applied hash among them).
 fn trim_meta<K: Resource>(obj: &mut K, digest: String) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
-    let mut annotations = BTreeMap::new();
-    if let Some(h) = meta
-        .annotations
+    meta.labels = meta
+        .labels
         .as_mut()
-        .and_then(|a| a.remove(diff::APPLIED_HASH_ANNOTATION))
-    {
-        annotations.insert(diff::APPLIED_HASH_ANNOTATION.to_string(), h);
-    }
-    annotations.insert(OBSERVED_DIGEST.to_string(), digest);
-    meta.annotations = Some(annotations);
+        .and_then(|l| l.remove_entry(STACK_LABEL))
+        .map(|(k, v)| BTreeMap::from([(k, v)]));
+    meta.annotations = Some(BTreeMap::from([(OBSERVED_DIGEST.to_string(), digest)]));
 }
 
 macro_rules! trim_spec {
@@ -227,9 +225,16 @@ impl Verified {
 
     /// True when `digest` of this child was seen to contain the desired object `hash`.
     pub fn holds(&self, key: &str, digest: &str, hash: &str) -> bool {
+        self.held(key, digest).is_some_and(|h| h == hash)
+    }
+
+    /// The desired object (its hash) that this `digest` of the child was seen to contain;
+    /// `None` for a digest not seen (a restart, or a change by anyone since).
+    pub fn held(&self, key: &str, digest: &str) -> Option<String> {
         self.lock()
             .get(key)
-            .is_some_and(|(d, h)| d == digest && h == hash)
+            .filter(|(d, _)| d == digest)
+            .map(|(_, h)| h.clone())
     }
 
     pub fn record(&self, key: String, digest: String, hash: String) {
@@ -307,17 +312,19 @@ mod tests {
         assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(1));
         assert_eq!(d.metadata.generation, Some(3));
         assert_eq!(d.metadata.uid.as_deref(), Some("u1"));
+        // Of the labels only the stack's (pruning reads it); of the annotations only the
+        // digest, which stands for the rest.
         assert_eq!(
-            d.metadata.labels.as_ref().unwrap()["berth.dev/stack"],
-            "shop"
+            d.metadata.labels,
+            Some([("berth.dev/stack".to_string(), "shop".to_string())].into())
         );
         assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
-        assert_eq!(
-            diff::applied_hash(&serde_json::to_value(&d).unwrap()),
-            Some("abc")
-        );
         assert_eq!(observed_digest(&d), Some(full.as_str()));
-        assert_eq!(d.metadata.annotations.as_ref().unwrap().len(), 2);
+        assert_eq!(d.metadata.annotations.as_ref().unwrap().len(), 1);
+        let mut unlabelled = deployment(2);
+        unlabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        unlabelled.trim();
+        assert_eq!(unlabelled.metadata.labels, None);
     }
 
     #[test]
@@ -396,6 +403,8 @@ mod tests {
         assert!(v.holds(&k, "d1", "h1"));
         assert!(!v.holds(&k, "d2", "h1"), "the object changed");
         assert!(!v.holds(&k, "d1", "h2"), "berth wants something else");
+        assert_eq!(v.held(&k, "d1").as_deref(), Some("h1"));
+        assert_eq!(v.held(&k, "d2"), None, "a digest not seen");
         v.retain(|key| key != k);
         assert!(v.is_empty());
     }
