@@ -5,7 +5,8 @@
 //!
 //! Each test installs the CRDs (server-side apply, idempotent, left installed) and runs the
 //! three controllers (AppStack, Worker, Backup) in-process against a fresh namespace, deleted at
-//! the end, also when the test fails. The controllers do not run as the admin: their client
+//! the end, also when the test fails. They share one cache per kind as in `berth operator`
+//! (`berth::shared::SharedWatches`). The controllers do not run as the admin: their client
 //! impersonates the ServiceAccount `berth-operator` of the namespace, bound to the ClusterRole
 //! the Helm chart renders (`helm template charts/berth`), so a verb the chart forgot fails the
 //! test. Tests that need running pods use the `berth-demo/*` images (tests/images/build.sh),

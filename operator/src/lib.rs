@@ -16,6 +16,7 @@ pub mod heap;
 pub mod k8s;
 pub mod manifest;
 pub mod plan;
+pub mod shared;
 pub mod status;
 pub mod tls;
 pub mod workers;

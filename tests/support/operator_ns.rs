@@ -136,23 +136,32 @@ where
         instance: Some("e2e".into()),
     };
     let metrics = OperatorMetrics::default();
-    let appstacks = tokio::spawn(controller::run_with(
+    // Wired as `berth operator` does: one watch and one cache per kind, shared.
+    let shared = berth::shared::SharedWatches::new(&operator, Some(&ns), acme_job_image.is_some());
+    let appstacks = tokio::spawn(controller::run_shared(
         operator.clone(),
         settings,
         metrics.appstack.clone(),
         stop.clone(),
+        None,
+        Some(shared.appstack),
     ));
-    let workers = tokio::spawn(berth::workers::run(
+    let workers = tokio::spawn(berth::workers::run_shared(
         operator.clone(),
         Some(ns.clone()),
         metrics.workers.clone(),
         stop.clone(),
+        Default::default(),
+        false,
+        Some(shared.workers),
     ));
-    let backups = tokio::spawn(berth::backup::kube::controller::run(
+    let backups = tokio::spawn(berth::backup::kube::controller::run_shared(
         operator.clone(),
         Some(ns.clone()),
         Arc::new(berth::backup::kube::controller::Metrics::default()),
         stop.clone(),
+        Default::default(),
+        Some(shared.backups),
     ));
     let certs = acme_job_image.map(|image| {
         let mut ctx = berth::cert::kube::controller::Context::new(
@@ -160,10 +169,11 @@ where
             Arc::new(berth::cert::kube::controller::Metrics::default()),
         );
         ctx.jobs.image = image.to_string();
-        tokio::spawn(berth::cert::kube::controller::run_with(
+        tokio::spawn(berth::cert::kube::controller::run_shared(
             ctx,
             Some(ns.clone()),
             stop.clone(),
+            shared.certificates,
         ))
     });
     let outcome = AssertUnwindSafe(body(client.clone(), ns.clone(), metrics))

@@ -27,7 +27,6 @@ pub use super::operator_args::{LogFormat, OperatorArgs};
 use super::operator_ready::{healthz, metrics, readyz, watch_crds, HttpState};
 use crate::controller::fence::{Fence, FenceLayer};
 use crate::controller::metrics::CrdMetrics;
-use crate::controller::synced::MainWatch;
 use crate::controller::synced::Synced;
 use crate::controller::{self, leader};
 use crate::k8s::network::IngressOptions;
@@ -457,35 +456,8 @@ async fn run_controllers(
         },
         instance: Some(identity),
     };
-    // One watch and one cache each for AppStacks, Workers and Backups, shared by the
-    // controllers that read them (each object is kept once in memory).
-    let any = || crate::controller::synced::watch_config().any_semantic();
-    let (stacks, workers, backups, certificates) = match &args.namespace {
-        Some(ns) => (
-            kube::Api::namespaced(client.clone(), ns),
-            kube::Api::namespaced(client.clone(), ns),
-            kube::Api::namespaced(client.clone(), ns),
-            kube::Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            kube::Api::all(client.clone()),
-            kube::Api::all(client.clone()),
-            kube::Api::all(client.clone()),
-            kube::Api::all(client.clone()),
-        ),
-    };
-    let stacks = MainWatch::new(stacks, any());
-    let workers = MainWatch::new(workers, any());
-    let backups = MainWatch::new(backups, any());
-    let certificates = MainWatch::new(certificates, any());
-    let for_workers = controller::SharedCache::of(&stacks);
-    let stack_store = stacks.store();
-    let for_stacks = controller::SharedCaches {
-        workers: controller::SharedCache::of(&workers),
-        backups: controller::SharedCache::of(&backups),
-        certificates: controller::SharedCache::of(&certificates),
-        stacks,
-    };
+    // One watch and one cache per berth kind, shared by the controllers that read them.
+    let shared = crate::shared::SharedWatches::new(&client, args.namespace.as_deref(), true);
     let mut controllers = JoinSet::new();
     spawn_controller(
         &mut controllers,
@@ -496,7 +468,7 @@ async fn run_controllers(
             appstack_metrics,
             work.clone(),
             Some(synced[0].1.clone()),
-            Some(for_stacks),
+            Some(shared.appstack),
         ),
     );
     spawn_controller(
@@ -509,10 +481,7 @@ async fn run_controllers(
             work.clone(),
             synced[1].1.clone(),
             args.redis_keyspace_notifications,
-            Some(crate::workers::SharedCaches {
-                workers,
-                stacks: for_workers,
-            }),
+            Some(shared.workers),
         ),
     );
     spawn_controller(
@@ -524,10 +493,7 @@ async fn run_controllers(
             backup_metrics,
             work.clone(),
             synced[2].1.clone(),
-            Some(crate::backup::kube::controller::SharedCaches {
-                backups,
-                stacks: stack_store,
-            }),
+            Some(shared.backups),
         ),
     );
     spawn_controller(
@@ -542,7 +508,7 @@ async fn run_controllers(
             },
             args.namespace.clone(),
             work.clone(),
-            Some(certificates),
+            shared.certificates,
         ),
     );
 

@@ -64,7 +64,8 @@ pub struct SharedCaches {
     pub stacks: synced::MainWatch<DeserializeGuard<AppStack>>,
     pub workers: SharedCache<DeserializeGuard<Worker>>,
     pub backups: SharedCache<DeserializeGuard<Backup>>,
-    pub certificates: SharedCache<DeserializeGuard<Certificate>>,
+    /// `None` where no Certificate controller runs beside it: then it watches them itself.
+    pub certificates: Option<SharedCache<DeserializeGuard<Certificate>>>,
 }
 
 /// Another controller's main cache and the stream of its changes.
@@ -178,40 +179,50 @@ pub async fn run_shared(
     // beside this one (each object kept once), else watches of this controller's own.
     // Certificates: every one, owned ones and those a stack names in tls.certificateRef (a
     // stack waiting for its Certificate wakes up when it appears).
-    let controller = match others {
+    let (controller, certificates) = match others {
         Some((workers, backups, certificates)) => {
             stores.workers = workers.store;
             stores.backups = backups.store;
-            stores.certificates = certificates.store;
-            controller
-                .owns_shared_stream(workers.changes)
-                .owns_shared_stream(backups.changes)
-                .watches_shared_stream(certificates.changes, move |cert| {
-                    stacks_for_certificate(&stacks, &cert)
-                })
+            (
+                controller
+                    .owns_shared_stream(workers.changes)
+                    .owns_shared_stream(backups.changes),
+                certificates,
+            )
         }
-        None => controller
-            .owns_stream(reflect(
-                scoped::<DeserializeGuard<Worker>>(c, ns),
-                children.clone(),
-                w.workers,
-                trim::lean,
-            ))
-            .owns_stream(reflect(
-                scoped::<DeserializeGuard<Backup>>(c, ns),
-                children,
-                w.backups,
-                trim::lean,
-            ))
-            .watches_stream(
-                reflect(
-                    scoped::<DeserializeGuard<Certificate>>(c, ns),
-                    crate::controller::synced::watch_config().any_semantic(),
-                    w.certificates,
+        None => (
+            controller
+                .owns_stream(reflect(
+                    scoped::<DeserializeGuard<Worker>>(c, ns),
+                    children.clone(),
+                    w.workers,
                     trim::lean,
-                ),
-                move |cert| stacks_for_certificate(&stacks, &cert),
+                ))
+                .owns_stream(reflect(
+                    scoped::<DeserializeGuard<Backup>>(c, ns),
+                    children,
+                    w.backups,
+                    trim::lean,
+                )),
+            None,
+        ),
+    };
+    let controller = match certificates {
+        Some(certificates) => {
+            stores.certificates = certificates.store;
+            controller.watches_shared_stream(certificates.changes, move |cert| {
+                stacks_for_certificate(&stacks, &cert)
+            })
+        }
+        None => controller.watches_stream(
+            reflect(
+                scoped::<DeserializeGuard<Certificate>>(c, ns),
+                crate::controller::synced::watch_config().any_semantic(),
+                w.certificates,
+                trim::lean,
             ),
+            move |cert| stacks_for_certificate(&stacks, &cert),
+        ),
     };
     let ctx = Arc::new(Context::new(
         client,
