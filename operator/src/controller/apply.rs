@@ -64,13 +64,14 @@ where
         let cached = store
             .get(&ObjectRef::new(&name).within(ns))
             .and_then(|o| o.as_json());
+        let failed = |source| Error::Apply {
+            kind: kind.clone(),
+            name: name.clone(),
+            source,
+        };
         let current = trim::is_current(&api, &name, &ctx.verified, &key, cached, &value, &hash)
             .await
-            .map_err(|source| Error::Apply {
-                kind: kind.clone(),
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(failed)?;
         if current {
             continue;
         }
@@ -83,11 +84,7 @@ where
                 &Patch::Apply(&value),
             )
             .await
-            .map_err(|source| Error::Apply {
-                kind: kind.clone(),
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(failed)?;
         if S::TRIMMED {
             // What the server now holds contains `value`: its digest needs no read later.
             ctx.verified.record(key, trim::digest(&applied), hash);

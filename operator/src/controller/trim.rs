@@ -120,6 +120,58 @@ where
     }
 }
 
+/// What [`apply_if_changed`] found or did.
+pub enum Applied<K> {
+    /// The cached child already was the desired object: nothing sent.
+    Current(std::sync::Arc<K>),
+    /// The desired object was applied: the API server's answer.
+    Written(K),
+}
+
+impl<K: Clone> Applied<K> {
+    /// The child as it now is (the cached copy when nothing was sent).
+    pub fn into_object(self) -> K {
+        match self {
+            Applied::Current(c) => (*c).clone(),
+            Applied::Written(o) => o,
+        }
+    }
+}
+
+/// Server-side applies (field manager `berth`, forced) `desired` unless the child cached in
+/// `store` already is it ([`is_current`]); the applied object's digest is remembered in
+/// `verified`, so its own watch event costs no read.
+pub async fn apply_if_changed<K>(
+    api: &Api<K>,
+    store: &Store<K>,
+    verified: &Verified,
+    ns: &str,
+    name: &str,
+    mut desired: Value,
+) -> Result<Applied<K>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let hash = diff::stamp(&mut desired);
+    let key = Verified::key(&K::kind(&()), ns, name);
+    let cached = store.get(&ObjectRef::new(name).within(ns));
+    let observed = cached.as_deref().and_then(|c| serde_json::to_value(c).ok());
+    if is_current(api, name, verified, &key, observed, &desired, &hash).await? {
+        if let Some(c) = cached {
+            return Ok(Applied::Current(c));
+        }
+    }
+    let applied = api
+        .patch(
+            name,
+            &kube::api::PatchParams::apply(crate::k8s::meta::MANAGER).force(),
+            &kube::api::Patch::Apply(&desired),
+        )
+        .await?;
+    verified.record(key, digest(&applied), hash);
+    Ok(Applied::Written(applied))
+}
+
 /// In-memory annotation of a trimmed cached child: the digest of what berth could have set.
 pub const OBSERVED_DIGEST: &str = "berth.dev/observed-digest";
 

@@ -87,6 +87,22 @@ where
     }
 }
 
+impl SharedCache<DeserializeGuard<AppStack>> {
+    /// A Worker or Backup controller's own AppStack cache, where it runs without the AppStack
+    /// controller's: kept without status (neither reads it); polling `changes` drives it.
+    pub fn own_stacks(api: Api<DeserializeGuard<AppStack>>) -> Self {
+        let (store, writer) = reflector::store();
+        let changes = watcher(api, synced::watch_config().any_semantic())
+            .default_backoff()
+            .modify(trim::lean_stack)
+            .reflect(writer)
+            .applied_objects()
+            .filter_map(|r| futures::future::ready(r.ok().map(Arc::new)))
+            .boxed();
+        SharedCache { store, changes }
+    }
+}
+
 /// [`run_with`], raising `synced` once every cache holds a first complete list (for /readyz).
 pub async fn run_synced(
     client: Client,

@@ -146,24 +146,14 @@ pub async fn run_shared(
         Some(SharedCaches { workers, stacks }) => (workers, stacks.store, stacks.changes),
         None => {
             // The AppStacks Workers refer to, from a cache (a resync reads nothing).
-            let (stack_store, stack_writer) = reflector::store();
-            let changes = watcher(
-                stacks,
-                crate::controller::synced::watch_config().any_semantic(),
-            )
-            .default_backoff()
-            .modify(crate::controller::trim::lean_stack)
-            .reflect(stack_writer)
-            .applied_objects()
-            .filter_map(|r| futures::future::ready(r.ok().map(Arc::new)))
-            .boxed();
+            let stacks = SharedCache::own_stacks(stacks);
             (
                 MainWatch::new(
                     workers,
                     crate::controller::synced::watch_config().any_semantic(),
                 ),
-                stack_store,
-                changes,
+                stacks.store,
+                stacks.changes,
             )
         }
     };

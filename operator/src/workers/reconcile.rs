@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -17,8 +17,7 @@ use tracing::Instrument;
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
 use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
-use crate::controller::{diff, trim};
-use crate::k8s::meta::MANAGER;
+use crate::controller::trim;
 use crate::plan::wiring::{stack_urls, UrlSource};
 use crate::plan::worker::{plan_worker, start_replicas};
 use crate::plan::EnvValue;
@@ -259,36 +258,20 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
         };
         let replicas = start_replicas(spec, running);
         let d = build::deployment(worker, &plan, replicas);
-        let mut desired = serde_json::to_value(&d).map_err(kube::Error::SerdeError)?;
-        let hash = diff::stamp(&mut desired);
-        let key = trim::Verified::key("Deployment", &ns, &name);
-        let cached = ctx.deployments.get(&ObjectRef::new(&name).within(&ns));
-        let observed = cached.as_deref().and_then(|c| serde_json::to_value(c).ok());
-        let current = trim::is_current(
+        let desired = serde_json::to_value(&d).map_err(kube::Error::SerdeError)?;
+        let applied = trim::apply_if_changed(
             &deployments,
-            &name,
+            &ctx.deployments,
             &ctx.verified,
-            &key,
-            observed,
-            &desired,
-            &hash,
+            &ns,
+            &name,
+            desired,
         )
         .await?;
-        let applied = match cached.filter(|_| current) {
-            Some(c) => (*c).clone(),
-            None => {
-                ctx.shared.metrics.writes.inc();
-                let applied = deployments
-                    .patch(
-                        &name,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&desired),
-                    )
-                    .await?;
-                ctx.verified.record(key, trim::digest(&applied), hash);
-                applied
-            }
-        };
+        if matches!(applied, trim::Applied::Written(_)) {
+            ctx.shared.metrics.writes.inc();
+        }
+        let applied = applied.into_object();
         ctx.shared.with(&id, |rt| {
             rt.deployment_known = true;
             rt.deployment_replicas = applied

@@ -226,22 +226,15 @@ async fn run_inner(
     let (backup_watch, stack_store, stack_cache) = match shared {
         Some(SharedCaches { backups, stacks }) => (backups, stacks, None),
         None => {
-            let (stack_store, stack_writer) = reflector::store();
-            let stack_cache = watcher(
-                stacks,
-                crate::controller::synced::watch_config().any_semantic(),
-            )
-            .default_backoff()
-            .modify(crate::controller::trim::lean_stack)
-            .reflect(stack_writer)
-            .for_each(|_| futures::future::ready(()));
+            let stacks = crate::controller::SharedCache::own_stacks(stacks);
+            let drive = stacks.changes.for_each(|_| futures::future::ready(()));
             (
                 crate::controller::synced::MainWatch::new(
                     backups,
                     crate::controller::synced::watch_config().any_semantic(),
                 ),
-                stack_store,
-                Some(tokio::spawn(stack_cache)),
+                stacks.store,
+                Some(tokio::spawn(drive)),
             )
         }
     };
@@ -476,31 +469,16 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     let cj = cron_job(&backup, &inputs);
-    let mut desired = serde_json::to_value(&cj).map_err(kube::Error::SerdeError)?;
-    let hash = crate::controller::diff::stamp(&mut desired);
-    let key = crate::controller::trim::Verified::key("CronJob", &ns, &name);
-    let observed = ctx
-        .cron_jobs
-        .get(&ObjectRef::new(&name).within(&ns))
-        .and_then(|c| serde_json::to_value(&*c).ok());
-    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    let current = crate::controller::trim::is_current(
-        &cron_jobs,
-        &name,
+    let desired = serde_json::to_value(&cj).map_err(kube::Error::SerdeError)?;
+    crate::controller::trim::apply_if_changed(
+        &Api::<CronJob>::namespaced(client.clone(), &ns),
+        &ctx.cron_jobs,
         &ctx.verified,
-        &key,
-        observed,
-        &desired,
-        &hash,
+        &ns,
+        &name,
+        desired,
     )
     .await?;
-    if !current {
-        let applied = cron_jobs
-            .patch(&name, &apply, &Patch::Apply(&desired))
-            .await?;
-        ctx.verified
-            .record(key, crate::controller::trim::digest(&applied), hash);
-    }
 
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
     let selector = ListParams::default().labels(&format!("{BACKUP_LABEL}={name}"));
