@@ -6,8 +6,10 @@
 //! Deployment's pod template with every server default). So the watches keep each
 //! Deployment, StatefulSet, Service, Ingress and NetworkPolicy without its spec: [`Trim`]
 //! replaces it by a digest of everything berth could have set (name, labels, annotations,
-//! owner references, spec), held in the in-memory annotation [`OBSERVED_DIGEST`] (never sent
-//! to the API server).
+//! owner references, spec), held in the in-memory label [`OBSERVED_DIGEST`] (never sent to
+//! the API server; a label, not an annotation, so that a trimmed child's metadata holds one
+//! small map rather than two: a map's first node costs about 0.5 KiB, a thousand stacks have
+//! some 14,000 children).
 //!
 //! The controller remembers, per child, the digest it has seen to contain the desired object
 //! ([`Verified`]): from the response of its own apply, or from one `get` of the full object
@@ -98,7 +100,7 @@ where
         return Ok(false);
     };
     let digest = cached
-        .pointer("/metadata/annotations")
+        .pointer("/metadata/labels")
         .and_then(|a| a.get(OBSERVED_DIGEST))
         .and_then(Value::as_str);
     let Some(digest) = digest else {
@@ -172,7 +174,7 @@ where
     Ok(Applied::Written(applied))
 }
 
-/// In-memory annotation of a trimmed cached child: the digest of what berth could have set.
+/// In-memory label of a trimmed cached child: the digest of what berth could have set.
 pub const OBSERVED_DIGEST: &str = "berth.dev/observed-digest";
 
 /// A child kind kept in the caches without its spec.
@@ -199,15 +201,17 @@ fn digest_value(v: &Value) -> String {
                 "status" | "apiVersion" | "kind" => {}
                 "metadata" => {
                     let mut meta = Map::new();
-                    for key in ["name", "namespace", "labels", "ownerReferences"] {
+                    for key in ["name", "namespace", "ownerReferences"] {
                         if let Some(x) = val.get(key) {
                             meta.insert(key.into(), x.clone());
                         }
                     }
-                    if let Some(Value::Object(a)) = val.get("annotations") {
-                        let mut a = a.clone();
-                        a.remove(OBSERVED_DIGEST);
-                        meta.insert("annotations".into(), Value::Object(a));
+                    for key in ["labels", "annotations"] {
+                        if let Some(Value::Object(a)) = val.get(key) {
+                            let mut a = a.clone();
+                            a.remove(OBSERVED_DIGEST);
+                            meta.insert(key.into(), Value::Object(a));
+                        }
                     }
                     projection.insert(k.clone(), Value::Object(meta));
                 }
@@ -223,7 +227,7 @@ fn digest_value(v: &Value) -> String {
 /// The digest a trimmed cached child carries; `None` for an object cached whole.
 pub fn observed_digest<K: Resource>(obj: &K) -> Option<&str> {
     obj.meta()
-        .annotations
+        .labels
         .as_ref()?
         .get(OBSERVED_DIGEST)
         .map(String::as_str)
@@ -231,16 +235,22 @@ pub fn observed_digest<K: Resource>(obj: &K) -> Option<&str> {
 
 /// Keeps of the metadata what berth reads from a cached child: its identity (name, namespace,
 /// uid, generation), ownerReferences, the stack label (pruning) and the digest, which stands
-/// for every label and annotation dropped (the applied hash among them).
+/// for every label and annotation dropped (the applied hash among them). Both in the labels:
+/// one map.
 fn trim_meta<K: Resource>(obj: &mut K, digest: String) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
-    meta.labels = meta
+    let mut labels = BTreeMap::new();
+    if let Some((k, v)) = meta
         .labels
         .as_mut()
         .and_then(|l| l.remove_entry(STACK_LABEL))
-        .map(|(k, v)| BTreeMap::from([(k, v)]));
-    meta.annotations = Some(BTreeMap::from([(OBSERVED_DIGEST.to_string(), digest)]));
+    {
+        labels.insert(k, v);
+    }
+    labels.insert(OBSERVED_DIGEST.to_string(), digest);
+    meta.labels = Some(labels);
+    meta.annotations = None;
 }
 
 macro_rules! trim_spec {
@@ -364,19 +374,29 @@ mod tests {
         assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(1));
         assert_eq!(d.metadata.generation, Some(3));
         assert_eq!(d.metadata.uid.as_deref(), Some("u1"));
-        // Of the labels only the stack's (pruning reads it); of the annotations only the
-        // digest, which stands for the rest.
+        // Of the labels only the stack's (pruning reads it), and the digest, which stands for
+        // the rest and for every annotation; no annotations map at all.
         assert_eq!(
             d.metadata.labels,
-            Some([("berth.dev/stack".to_string(), "shop".to_string())].into())
+            Some(
+                [
+                    ("berth.dev/stack".to_string(), "shop".to_string()),
+                    (OBSERVED_DIGEST.to_string(), full.clone()),
+                ]
+                .into()
+            )
         );
         assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
         assert_eq!(observed_digest(&d), Some(full.as_str()));
-        assert_eq!(d.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(d.metadata.annotations, None);
         let mut unlabelled = deployment(2);
         unlabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        let unlabelled_digest = digest(&unlabelled);
         unlabelled.trim();
-        assert_eq!(unlabelled.metadata.labels, None);
+        assert_eq!(
+            unlabelled.metadata.labels,
+            Some([(OBSERVED_DIGEST.to_string(), unlabelled_digest)].into())
+        );
     }
 
     #[test]
