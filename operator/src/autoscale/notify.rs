@@ -246,12 +246,6 @@ async fn session<T>(
         message: e.to_string(),
     })?;
     let db = client.get_connection_info().redis_settings().db();
-    // The pool's dial limit covers these connections too (see MAX_CONCURRENT_DIALS).
-    let pool = match inner.upgrade() {
-        Some(i) => i.pool.clone(),
-        None => return Ok(()),
-    };
-    let permit = pool.dial_permit().await;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -271,7 +265,6 @@ async fn session<T>(
             message: format!("no connection within {CONNECT_TIMEOUT:?}"),
         })?
         .map_err(|e| lost(&e))?;
-    drop(permit);
     let (mut sink, mut stream) = pubsub.split();
     let prefix = channel(db, "");
     let mut subscribed: BTreeSet<String> = BTreeSet::new();

@@ -91,26 +91,10 @@ pub enum PoolError {
     Timeout { url: String },
 }
 
-/// Dials in flight at once, over all Redis servers. A thousand Workers starting together (or
-/// a thousand Redis servers that are down) would otherwise start a thousand connection
-/// attempts at once, each holding its DNS lookup (a blocking thread or a queued one), socket
-/// and handshake state: a burst of memory at start-up, the operator's peak. Connections are
-/// kept once made, so the limit costs only the first poll: dials that succeed take a
-/// millisecond or two, so a thousand take well under a second at this width; a dial that
-/// hangs is cut by [`CONNECT_TIMEOUT`].
-pub const MAX_CONCURRENT_DIALS: usize = 16;
-
 /// Connections by Redis, shared by all Workers.
-#[derive(Clone)]
+#[derive(Default, Clone)]
 pub struct Pool {
     conns: Arc<Mutex<HashMap<RedisTarget, Arc<Conn>>>>,
-    dial_permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool::with_dial_limit(MAX_CONCURRENT_DIALS)
-    }
 }
 
 /// One Redis: its client and the current connection (re-dialled after a failure).
@@ -122,8 +106,6 @@ pub struct Conn {
     dials: AtomicU64,
     /// The last failed dial: not before `.0` again; `.1` failures in a row; `.2` the error.
     failed: Mutex<Option<(Instant, u32, PoolError)>>,
-    /// Shared by the pool's connections: see [`MAX_CONCURRENT_DIALS`].
-    dial_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Pool {
@@ -131,27 +113,12 @@ impl Pool {
         Pool::default()
     }
 
-    /// A pool that dials at most `limit` Redis servers at once (at least one).
-    pub fn with_dial_limit(limit: usize) -> Pool {
-        Pool {
-            conns: Arc::default(),
-            dial_permits: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
-        }
-    }
-
-    /// Waits for a turn to dial (see [`MAX_CONCURRENT_DIALS`]); dial while holding it. Also
-    /// taken by the keyspace-notification subscriptions.
-    pub async fn dial_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        // The semaphore is never closed; were it, dialling unbounded beats not dialling.
-        self.dial_permits.clone().acquire_owned().await.ok()
-    }
-
     /// The shared connection of a Redis (created lazily; nothing is dialled here).
     pub fn get(&self, target: &RedisTarget) -> Arc<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns
             .entry(target.clone())
-            .or_insert_with(|| Arc::new(Conn::new(target.clone(), self.dial_permits.clone())))
+            .or_insert_with(|| Arc::new(Conn::new(target.clone())))
             .clone()
     }
 
@@ -172,7 +139,7 @@ impl Pool {
 }
 
 impl Conn {
-    fn new(target: RedisTarget, dial_permits: Arc<tokio::sync::Semaphore>) -> Conn {
+    fn new(target: RedisTarget) -> Conn {
         let client = build_client(&target);
         Conn {
             target,
@@ -181,7 +148,6 @@ impl Conn {
             round_trips: AtomicU64::new(0),
             dials: AtomicU64::new(0),
             failed: Mutex::new(None),
-            dial_permits,
         }
     }
 
@@ -220,12 +186,10 @@ impl Conn {
                     let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
                         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                    let permit = self.dial_permits.clone().acquire_owned().await.ok();
                     self.dials.fetch_add(1, Ordering::Relaxed);
                     let dialled = client
                         .get_multiplexed_async_connection_with_config(&config)
                         .await;
-                    drop(permit);
                     let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
                     match dialled {
                         Ok(c) => {
@@ -309,45 +273,6 @@ mod tests {
         assert_eq!(redial_delay(u32::MAX), REDIAL_MAX);
     }
 
-    /// At most the pool's dial limit of connection attempts are in flight at once; the others
-    /// wait for a turn and then dial.
-    #[tokio::test]
-    async fn dials_wait_for_a_turn_beyond_the_limit() {
-        // A "Redis" that accepts connections and never answers: each dial (AUTH sent, reply
-        // awaited) stays in flight until its socket is closed here.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let pool = Pool::with_dial_limit(2);
-        let mut probes = tokio::task::JoinSet::new();
-        for db in 0..6 {
-            let conn = pool.get(&RedisTarget::new(
-                format!("redis://:pw@127.0.0.1:{port}/{db}"),
-                None,
-            ));
-            probes.spawn(async move { conn.query(&redis::pipe()).await });
-        }
-        let accept = || async {
-            tokio::time::timeout(Duration::from_secs(5), listener.accept())
-                .await
-                .expect("a dial within 5 s")
-                .unwrap()
-                .0
-        };
-        for round in 0..3 {
-            let open = [accept().await, accept().await];
-            // Both turns are taken: no third connection while these two hang.
-            let third = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
-            assert!(third.is_err(), "round {round}: a third dial while 2 are in flight");
-            drop(open); // the two dials fail at once and hand their turns on
-        }
-        let mut failed = 0;
-        while let Some(result) = probes.join_next().await {
-            assert!(result.unwrap().is_err());
-            failed += 1;
-        }
-        assert_eq!(failed, 6);
-    }
-
     /// A Redis that refuses connections is dialled once, not on every probe, until the wait is
     /// over; the probes in between fail at once with the same error.
     #[tokio::test]
@@ -357,7 +282,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let conn = Pool::new().get(&RedisTarget::new(
+        let conn = Conn::new(RedisTarget::new(
             format!("redis://:pw@127.0.0.1:{port}/0"),
             None,
         ));
