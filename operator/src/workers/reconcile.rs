@@ -361,6 +361,7 @@ async fn read_redis_secret(
     ns: &str,
     secret_ref: &SecretKeyRef,
 ) -> Result<Result<RedisTarget, Cond>, kube::Error> {
+    tracing::debug!(secret = %secret_ref.name, "reading the Redis URL Secret");
     let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&secret_ref.name)
         .await?

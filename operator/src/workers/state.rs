@@ -215,6 +215,10 @@ impl Shared {
                                     .is_none_or(|t| t.elapsed() >= DEPTH_ONLY_WRITE_INTERVAL))
                     }
                 };
+                if changed {
+                    // Statuses hold no secrets (URLs in messages are redacted).
+                    tracing::debug!(worker = %id, old = ?rt.written, new = ?new, "status changed");
+                }
                 changed.then(|| (rt.namespace.clone(), rt.name.clone(), new))
             })
             .flatten()
