@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline, Value};
 
@@ -95,6 +96,34 @@ pub enum PoolError {
 #[derive(Default, Clone)]
 pub struct Pool {
     conns: Arc<Mutex<HashMap<RedisTarget, Arc<Conn>>>>,
+    resolver: Resolver,
+}
+
+/// Looks up a Redis host before a dial (the system resolver, on tokio's blocking threads).
+#[derive(Clone)]
+pub struct Resolver(
+    Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>,
+);
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::new(|host, port| {
+            Box::pin(async move {
+                tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map(|_| ())
+            })
+        })
+    }
+}
+
+impl Resolver {
+    /// A resolver of one's own (tests: one that never answers).
+    pub fn new(
+        f: impl Fn(String, u16) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync + 'static,
+    ) -> Resolver {
+        Resolver(Arc::new(f))
+    }
 }
 
 /// One Redis: its client and the current connection (re-dialled after a failure).
@@ -106,6 +135,9 @@ pub struct Conn {
     dials: AtomicU64,
     /// The last failed dial: not before `.0` again; `.1` failures in a row; `.2` the error.
     failed: Mutex<Option<(Instant, u32, PoolError)>>,
+    resolver: Resolver,
+    /// The lookup of the host that a dial gave up waiting for, while it still runs.
+    lookup: Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
 }
 
 impl Pool {
@@ -113,12 +145,20 @@ impl Pool {
         Pool::default()
     }
 
+    /// A pool whose dials look hosts up with `resolver`.
+    pub fn with_resolver(resolver: Resolver) -> Pool {
+        Pool {
+            conns: Arc::default(),
+            resolver,
+        }
+    }
+
     /// The shared connection of a Redis (created lazily; nothing is dialled here).
     pub fn get(&self, target: &RedisTarget) -> Arc<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns
             .entry(target.clone())
-            .or_insert_with(|| Arc::new(Conn::new(target.clone())))
+            .or_insert_with(|| Arc::new(Conn::new(target.clone(), self.resolver.clone())))
             .clone()
     }
 
@@ -139,7 +179,7 @@ impl Pool {
 }
 
 impl Conn {
-    fn new(target: RedisTarget) -> Conn {
+    fn new(target: RedisTarget, resolver: Resolver) -> Conn {
         let client = build_client(&target);
         Conn {
             target,
@@ -148,6 +188,52 @@ impl Conn {
             round_trips: AtomicU64::new(0),
             dials: AtomicU64::new(0),
             failed: Mutex::new(None),
+            resolver,
+            lookup: Mutex::new(None),
+        }
+    }
+
+    /// Looks the Redis host up before a dial, one lookup at a time per Redis. A lookup cannot
+    /// be cancelled (getaddrinfo on a blocking thread): with a slow resolver, a dial that gives
+    /// up leaves its lookup queued, and redialling many unreachable Redis servers every few
+    /// seconds queued lookups faster than the resolver answered them (1,000 Redis hosts, a
+    /// resolver that drops queries: the blocking pool's queue, and the heap, grew by ~1 MB a
+    /// minute, without end). So a dial waits up to [`CONNECT_TIMEOUT`] for its lookup, and
+    /// while a lookup it gave up on still runs, the next dial does not start: `Err(None)`.
+    /// IP addresses and Unix sockets need no lookup.
+    async fn resolve(&self, client: &Client) -> Result<(), Option<String>> {
+        let (host, port) = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+            _ => return Ok(()),
+        };
+        if host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let mut lookup = {
+            let mut slot = self.lookup.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.take() {
+                Some(pending) if !pending.is_finished() => {
+                    *slot = Some(pending);
+                    return Err(None);
+                }
+                _ => tokio::spawn((self.resolver.0)(host.clone(), port)),
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, &mut lookup).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Some(format!("cannot resolve {host}: {e}"))),
+            Ok(Err(e)) => Err(Some(format!("resolving {host} failed: {e}"))),
+            Err(_) => {
+                *self.lookup.lock().unwrap_or_else(|e| e.into_inner()) = Some(lookup);
+                Err(Some(format!(
+                    "resolving {host} took longer than {CONNECT_TIMEOUT:?} (slow DNS); no new dial until that lookup ends"
+                )))
+            }
         }
     }
 
@@ -181,6 +267,37 @@ impl Conn {
                             return Err(e.clone());
                         }
                     }
+                    let record = |message: String| {
+                        let err = PoolError::Connect {
+                            url: url.clone(),
+                            message: scrub(&message, &self.target),
+                        };
+                        let n = last_failure
+                            .as_ref()
+                            .map_or(1, |(_, n, _)| n.saturating_add(1));
+                        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Instant::now() + redial_delay(n), n, err.clone()));
+                        err
+                    };
+                    match self.resolve(client).await {
+                        Ok(()) => {}
+                        Err(Some(message)) => return Err(record(message)),
+                        // The last lookup still runs: the last error stands, and the wait
+                        // before the next dial starts again.
+                        Err(None) => {
+                            let err = match &last_failure {
+                                Some((_, _, e)) => e.clone(),
+                                None => PoolError::Connect {
+                                    url: url.clone(),
+                                    message: "the host's lookup has not finished yet".into(),
+                                },
+                            };
+                            let n = last_failure.as_ref().map_or(1, |(_, n, _)| *n);
+                            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((Instant::now() + redial_delay(n), n, err.clone()));
+                            return Err(err);
+                        }
+                    }
                     // rediss:// relies on the process-wide rustls provider.
                     crate::tls::install_default_provider();
                     let config = AsyncConnectionConfig::new()
@@ -198,13 +315,8 @@ impl Conn {
                             c
                         }
                         Err(e) => {
-                            let err = PoolError::Connect {
-                                url: url.clone(),
-                                message: scrub(&e.to_string(), &self.target),
-                            };
-                            let n = last_failure.map_or(1, |(_, n, _)| n.saturating_add(1));
-                            *failed = Some((Instant::now() + redial_delay(n), n, err.clone()));
-                            return Err(err);
+                            drop(failed);
+                            return Err(record(e.to_string()));
                         }
                     }
                 }
@@ -273,6 +385,55 @@ mod tests {
         assert_eq!(redial_delay(u32::MAX), REDIAL_MAX);
     }
 
+    /// A lookup that outlives its dial (slow DNS) holds back the next dials of that Redis
+    /// until it ends, so lookups never queue up; the probes meanwhile get the last error.
+    #[tokio::test]
+    async fn no_new_lookup_while_the_last_one_runs() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let answer = Arc::new(tokio::sync::Notify::new());
+        let resolver = {
+            let (calls, answer) = (calls.clone(), answer.clone());
+            Resolver::new(move |_, _| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                Box::pin(async move {
+                    answer.notified().await;
+                    Err(std::io::Error::other("no such host"))
+                })
+            })
+        };
+        let conn = Pool::with_resolver(resolver)
+            .get(&RedisTarget::new("redis://:pw@redis.invalid:6379/0", None));
+        let pipe = redis::pipe();
+        let first = conn.query(&pipe).await.unwrap_err();
+        assert!(first.to_string().contains("took longer"), "{first}");
+        assert!(!first.to_string().contains("pw"), "{first}");
+        // Past the redial wait (1 s), with the lookup still running: no new lookup, no dial,
+        // the same error.
+        tokio::time::sleep(redial_delay(1) + Duration::from_millis(100)).await;
+        assert_eq!(conn.query(&pipe).await.unwrap_err(), first);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a second lookup while one runs"
+        );
+        assert_eq!(conn.dials(), 0);
+        // Once it ends, the next dial looks the host up again and reports what it says.
+        answer.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let next = loop {
+            let e = conn.query(&pipe).await.unwrap_err();
+            if calls.load(Ordering::SeqCst) == 2 {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "no new lookup within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        answer.notify_one();
+        // (The second lookup answers at once: notify_one stored a permit or woke it.)
+        assert!(matches!(next, PoolError::Connect { .. }), "{next}");
+    }
+
     /// A Redis that refuses connections is dialled once, not on every probe, until the wait is
     /// over; the probes in between fail at once with the same error.
     #[tokio::test]
@@ -282,7 +443,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let conn = Conn::new(RedisTarget::new(
+        let conn = Pool::new().get(&RedisTarget::new(
             format!("redis://:pw@127.0.0.1:{port}/0"),
             None,
         ));
