@@ -64,12 +64,12 @@ bench-autoscale:
 	$(CARGO) bench -p berth --bench autoscale
 
 .PHONY: bench-k8s
-## The real `berth operator` (BENCH_PROFILE=release build) against a private control-plane-only
+## The real `berth operator` (BENCH_PROFILE=dist build, as in the image) against a private control-plane-only
 ## Kubernetes it starts and deletes itself (K8S_HOME=/var/tmp/berth-k8s-bench, apiserver :6643)
 ## with STACKS=1000 AppStacks: peak and settled RSS, then requests over IDLE_SECS=300 idle
 ## seconds by verb (berth_kube_requests_total and the apiserver's apiserver_request_total).
 ## Needs root (start.sh) and kubectl. BERTH_BIN=path skips the build.
-BENCH_PROFILE ?= release
+BENCH_PROFILE ?= dist
 bench-k8s:
 	@if [ -z "$(BERTH_BIN)" ]; then $(CARGO) build --profile $(BENCH_PROFILE) -p berth --bin berth; fi
 	BERTH=$(or $(BERTH_BIN),$(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(BENCH_PROFILE)),debug,$(BENCH_PROFILE))/berth) \
@@ -131,14 +131,15 @@ bench-docker:
 bench-cert:
 	$(CARGO) test -p berth --test cert_docker_host -- --nocapture 2>&1 | grep figure:
 
-## The berth image (operator/Dockerfile): a release build of berth, stripped, copied onto a base
+## The berth image (operator/Dockerfile): a build of berth with the `dist` profile (release with
+## LTO, see Cargo.toml), stripped, copied onto a base
 ## with glibc, libgcc and CA certificates, tagged berth:<version> and berth:dev. Offline by
 ## default: the base berth-base:bookworm is made from this host's Debian packages
 ## (tests/images/build.sh berth-base, `docker import`); BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 ## builds the same Dockerfile on distroless. IMAGE_PROFILE=dev packs a debug build (quick local
 ## iterations; stripped too). Prints the image size.
 .PHONY: image
-IMAGE_PROFILE ?= release
+IMAGE_PROFILE ?= dist
 IMAGE ?= berth
 BASE_IMAGE ?= berth-base:bookworm
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' operator/Cargo.toml | head -n1)
