@@ -100,7 +100,7 @@ pub(super) struct State {
 
 pub(super) struct Inner<T> {
     pub(super) target: T,
-    pool: Pool,
+    pub(super) pool: Pool,
     pub(super) workers: Mutex<HashMap<WorkerId, State>>,
     pub(super) changed: Notify,
     /// Keyspace notifications on (see [`super::notify`]).

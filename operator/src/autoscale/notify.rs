@@ -246,6 +246,17 @@ async fn session<T>(
         message: e.to_string(),
     })?;
     let db = client.get_connection_info().redis_settings().db();
+    // One lookup at a time per Redis host, shared with the probes' dials (see Conn::resolve).
+    let Some(pool) = inner.upgrade().map(|i| i.pool.clone()) else {
+        return Ok(());
+    };
+    pool.get(target)
+        .lookup_gate()
+        .await
+        .map_err(|message| NotifyError::Lost {
+            url: url.clone(),
+            message,
+        })?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));

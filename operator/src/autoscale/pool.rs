@@ -237,6 +237,19 @@ impl Conn {
         }
     }
 
+    /// The same one-lookup-at-a-time gate for another connection to this Redis (the
+    /// keyspace-notification subscription): `Err` with a message when it must not dial now.
+    pub(super) async fn lookup_gate(&self) -> Result<(), String> {
+        let Ok(client) = self.client.as_ref() else {
+            return Ok(()); // the dial reports the invalid URL itself
+        };
+        self.resolve(client).await.map_err(|e| {
+            e.unwrap_or_else(|| {
+                "the host's lookup from an earlier dial has not finished yet".into()
+            })
+        })
+    }
+
     /// Connection attempts so far.
     pub fn dials(&self) -> u64 {
         self.dials.load(Ordering::Relaxed)
@@ -418,7 +431,7 @@ mod tests {
             "a second lookup while one runs"
         );
         assert_eq!(conn.dials(), 0);
-        // Once it ends, the next dial looks the host up again and reports what it says.
+        // Once it ends, the next dial (after the redial wait) looks the host up again.
         answer.notify_one();
         let deadline = Instant::now() + Duration::from_secs(10);
         let next = loop {
@@ -429,9 +442,9 @@ mod tests {
             assert!(Instant::now() < deadline, "no new lookup within 10 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        answer.notify_one();
-        // (The second lookup answers at once: notify_one stored a permit or woke it.)
+        // The second lookup is not answered either: that dial gave up after 2 s, like the first.
         assert!(matches!(next, PoolError::Connect { .. }), "{next}");
+        answer.notify_one();
     }
 
     /// A Redis that refuses connections is dialled once, not on every probe, until the wait is
