@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use berth::api::{AppStack, Backup, Certificate, Worker};
-use berth::controller::trim::Trim;
+use berth::controller::child::{Child, Kept};
 use berth::controller::{self, diff, Context, Metrics, Writers};
 use berth::k8s::BuildOptions;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -129,8 +129,6 @@ struct Harness {
     writers: Writers,
     metrics: Arc<Metrics>,
     uid_counter: u32,
-    /// Children fed into the caches trimmed, as the operator's watches keep them.
-    trimmed: bool,
 }
 
 impl Harness {
@@ -151,15 +149,6 @@ impl Harness {
             writers,
             metrics,
             uid_counter: 0,
-            trimmed: false,
-        }
-    }
-
-    /// A harness whose caches hold children as the operator's watches do: trimmed.
-    fn trimmed(server: Arc<Server>) -> Harness {
-        Harness {
-            trimmed: true,
-            ..Harness::new(server)
         }
     }
 
@@ -191,7 +180,6 @@ impl Harness {
             body["metadata"]["generation"] = json!(1);
             body["metadata"]["creationTimestamp"] = json!("2026-11-28T16:00:00Z");
             let kind = body["kind"].as_str().unwrap_or_default().to_string();
-            let t = self.trimmed;
             fn guard<K: serde::de::DeserializeOwned>(
                 v: Value,
             ) -> watcher::Event<DeserializeGuard<K>> {
@@ -199,11 +187,11 @@ impl Harness {
             }
             let w = &mut self.writers;
             match kind.as_str() {
-                "Deployment" => w.deployments.apply_watcher_event(&ev(body, t)),
-                "StatefulSet" => w.stateful_sets.apply_watcher_event(&ev(body, t)),
-                "Service" => w.services.apply_watcher_event(&ev(body, t)),
-                "Ingress" => w.ingresses.apply_watcher_event(&ev(body, t)),
-                "NetworkPolicy" => w.network_policies.apply_watcher_event(&ev(body, t)),
+                "Deployment" => w.deployments.apply_watcher_event(&ev(body)),
+                "StatefulSet" => w.stateful_sets.apply_watcher_event(&ev(body)),
+                "Service" => w.services.apply_watcher_event(&ev(body)),
+                "Ingress" => w.ingresses.apply_watcher_event(&ev(body)),
+                "NetworkPolicy" => w.network_policies.apply_watcher_event(&ev(body)),
                 // Generated Secrets are not cached (no list/watch on Secrets): the controller
                 // remembers the ones it created or found.
                 "Secret" => {}
@@ -218,16 +206,9 @@ impl Harness {
     }
 }
 
-/// A watch event of a child, trimmed as the operator's watches keep it when `trimmed`.
-fn ev<K>(v: Value, trimmed: bool) -> watcher::Event<K>
-where
-    K: serde::de::DeserializeOwned + Trim,
-{
-    let mut o: K = serde_json::from_value(v).unwrap();
-    if trimmed {
-        o.trim();
-    }
-    watcher::Event::Apply(o)
+/// A watch event of a child, as the operator's watches deliver it: a compact [`Child`].
+fn ev<K: Kept>(v: Value) -> watcher::Event<Child<K>> {
+    watcher::Event::Apply(serde_json::from_value(v).unwrap())
 }
 
 /// The stack with the status the server now holds.
@@ -435,48 +416,19 @@ async fn unchanged_stack_sends_no_write() {
     assert_eq!(h.metrics.writes.get(), writes_before);
 }
 
-#[tokio::test]
-async fn drift_is_corrected() {
-    let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
-    let mut h = Harness::new(server);
-    let (stack, reqs) = created(&mut h).await;
-    // Someone scales the api by hand: the watch delivers it, the next reconcile restores it.
-    let mut body = reqs
-        .iter()
-        .find(|r| r.path().ends_with("/deployments/shop-api"))
-        .unwrap()
-        .body
-        .clone()
-        .unwrap();
-    body["spec"]["replicas"] = json!(7);
-    body["metadata"]["uid"] = json!("d");
-    h.writers
-        .deployments
-        .apply_watcher_event(&watcher::Event::Apply(
-            serde_json::from_value(body).unwrap(),
-        ));
-    h.reconcile(&stack).await.unwrap();
-    let reqs = h.api.take();
-    assert_eq!(
-        lines(&reqs),
-        [
-            apply("/apis/apps/v1", "deployments", "shop-api"),
-            format!("POST /apis/events.k8s.io/v1/namespaces/{NS}/events?"),
-        ]
-    );
-    assert_eq!(reqs[0].body.as_ref().unwrap()["spec"]["replicas"], 1);
-}
-
-/// The operator's watches keep children without their spec (controller::trim). Once berth
-/// has applied a child, the digest of the object its apply returned is what the watch then
-/// delivers: a periodic reconcile sends nothing, as with whole objects cached.
+/// The operator's watches keep each child as a compact record (controller::child) with the
+/// digest of the object. Once berth has applied a child, the digest of the object its apply
+/// returned is what the watch then delivers: a periodic reconcile sends nothing.
 #[tokio::test]
 async fn trimmed_caches_send_nothing_for_an_unchanged_stack() {
     let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
-    let mut h = Harness::trimmed(server);
+    let mut h = Harness::new(server);
     let (stack, _) = created(&mut h).await;
     let cached = h.ctx.stores.deployments.state();
-    assert!(!cached.is_empty() && cached.iter().all(|d| d.spec.is_none()));
+    assert!(!cached.is_empty());
+    assert!(cached
+        .iter()
+        .all(|d| d.metadata.labels.is_none() && d.stack.as_deref() == Some("shop")));
     for _ in 0..3 {
         h.reconcile(&stack).await.unwrap();
         assert_eq!(lines(&h.api.take()), Vec::<String>::new());
@@ -488,9 +440,9 @@ async fn trimmed_caches_send_nothing_for_an_unchanged_stack() {
 #[tokio::test]
 async fn a_restart_with_trimmed_caches_reads_each_child_once_and_writes_nothing() {
     let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
-    let mut first = Harness::trimmed(server.clone());
+    let mut first = Harness::new(server.clone());
     let (stack, reqs) = created(&mut first).await;
-    let mut h = Harness::trimmed(server);
+    let mut h = Harness::new(server);
     h.observe(&reqs);
     h.reconcile(&stack).await.unwrap();
     let after_restart = h.api.take();
@@ -527,7 +479,7 @@ async fn a_restart_with_trimmed_caches_reads_each_child_once_and_writes_nothing(
 #[tokio::test]
 async fn drift_behind_a_trimmed_cache_is_read_once_and_corrected() {
     let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
-    let mut h = Harness::trimmed(server.clone());
+    let mut h = Harness::new(server.clone());
     let (stack, _) = created(&mut h).await;
     let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/shop-api");
     let edit = |h: &mut Harness, f: &dyn Fn(&mut Value)| {
@@ -538,7 +490,7 @@ async fn drift_behind_a_trimmed_cache_is_read_once_and_corrected() {
         o["metadata"]["uid"] = json!("d");
         h.writers
             .deployments
-            .apply_watcher_event(&ev::<Deployment>(o, true));
+            .apply_watcher_event(&ev::<Deployment>(o));
     };
     edit(&mut h, &|o| {
         o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("1")
@@ -899,8 +851,7 @@ async fn every_example_converges_to_no_writes() {
             stack: Mutex::new(serde_json::to_value(&stack).unwrap()),
             objects: Mutex::new(BTreeMap::new()),
         });
-        // Children cached trimmed, as the operator's watches keep them.
-        let mut h = Harness::trimmed(server);
+        let mut h = Harness::new(server);
         // Certificates a stack refers to, as the cluster would hold them.
         for c in &set.certificates {
             let mut c = c.clone();

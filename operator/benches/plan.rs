@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth::api::AppStack;
-use berth::controller::trim::Trim;
+use berth::controller::child::{Child, Kept};
 use berth::controller::{self, diff};
 use berth::k8s::{build, BuildOptions, Bundle, Owner};
 use berth::plan::{plan_stack, Observed};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
@@ -140,9 +143,10 @@ fn main() {
             (s, values)
         })
         .collect();
-    // As kept before trimming (whole children), then as the operator keeps them now.
-    for (trimmed, label) in [(false, "whole children  "), (true, "trimmed children")] {
-        let (bytes, children) = fill(&inputs, trimmed);
+    // As kept before (whole k8s-openapi objects), then as the operator keeps them now
+    // (compact records, controller::child).
+    for (compact, label) in [(false, "whole children  "), (true, "compact children")] {
+        let (bytes, children) = fill(&inputs, compact);
         println!(
             "  caches, {label}: {STACKS} AppStacks + {children} children  {:>6.1} MiB live heap  ({:.1} KiB per stack with its children)",
             bytes / (1024.0 * 1024.0),
@@ -151,46 +155,61 @@ fn main() {
     }
 }
 
+/// A watch event of a whole child.
+fn whole<K: DeserializeOwned>(v: Value) -> watcher::Event<K> {
+    watcher::Event::Apply(serde_json::from_value(v).unwrap())
+}
+
 /// A watch event of a child as the operator's watch delivers it to the store.
-fn child<K: DeserializeOwned + Trim>(v: Value, trimmed: bool) -> watcher::Event<K> {
-    let mut o: K = serde_json::from_value(v).unwrap();
-    if trimmed {
-        o.trim();
-    }
-    watcher::Event::Apply(o)
+fn child<K: Kept>(v: Value) -> watcher::Event<Child<K>> {
+    watcher::Event::Apply(serde_json::from_value(v).unwrap())
 }
 
 fn guarded<K: DeserializeOwned>(v: Value) -> watcher::Event<DeserializeGuard<K>> {
     watcher::Event::Apply(DeserializeGuard(Ok(serde_json::from_value(v).unwrap())))
 }
 
-/// Fills fresh stores with the stacks and their children; the live heap they hold.
-fn fill(inputs: &[(AppStack, Vec<Value>)], t: bool) -> (f64, usize) {
+/// Fills fresh stores with the stacks and their children (as compact records when
+/// `compact`, else whole); the live heap they hold.
+fn fill(inputs: &[(AppStack, Vec<Value>)], compact: bool) -> (f64, usize) {
+    use kube::runtime::reflector::store;
     let before = LIVE.load(Ordering::Relaxed);
     let (stores, mut w) = controller::stores();
-    let (stack_store, mut stack_writer) =
-        kube::runtime::reflector::store::<DeserializeGuard<AppStack>>();
+    let (stack_store, mut stack_writer) = store::<DeserializeGuard<AppStack>>();
+    let (whole_stores, mut d, mut ss, mut sv, mut ing, mut np) = {
+        let (a, wa) = store::<Deployment>();
+        let (b, wb) = store::<StatefulSet>();
+        let (c, wc) = store::<Service>();
+        let (e, we) = store::<Ingress>();
+        let (f, wf) = store::<NetworkPolicy>();
+        ((a, b, c, e, f), wa, wb, wc, we, wf)
+    };
     let mut children = 0usize;
     for (s, values) in inputs {
         stack_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(s.clone()))));
         for v in values {
             children += 1;
             let v = v.clone();
-            match v["kind"].as_str().unwrap() {
-                "Deployment" => w.deployments.apply_watcher_event(&child(v, t)),
-                "StatefulSet" => w.stateful_sets.apply_watcher_event(&child(v, t)),
-                "Service" => w.services.apply_watcher_event(&child(v, t)),
-                "Ingress" => w.ingresses.apply_watcher_event(&child(v, t)),
-                "NetworkPolicy" => w.network_policies.apply_watcher_event(&child(v, t)),
-                "Worker" => w.workers.apply_watcher_event(&guarded(v)),
-                "Certificate" => w.certificates.apply_watcher_event(&guarded(v)),
-                "Backup" => w.backups.apply_watcher_event(&guarded(v)),
-                other => panic!("unexpected kind {other}"),
+            match (v["kind"].as_str().unwrap(), compact) {
+                ("Deployment", true) => w.deployments.apply_watcher_event(&child(v)),
+                ("StatefulSet", true) => w.stateful_sets.apply_watcher_event(&child(v)),
+                ("Service", true) => w.services.apply_watcher_event(&child(v)),
+                ("Ingress", true) => w.ingresses.apply_watcher_event(&child(v)),
+                ("NetworkPolicy", true) => w.network_policies.apply_watcher_event(&child(v)),
+                ("Deployment", false) => d.apply_watcher_event(&whole(v)),
+                ("StatefulSet", false) => ss.apply_watcher_event(&whole(v)),
+                ("Service", false) => sv.apply_watcher_event(&whole(v)),
+                ("Ingress", false) => ing.apply_watcher_event(&whole(v)),
+                ("NetworkPolicy", false) => np.apply_watcher_event(&whole(v)),
+                ("Worker", _) => w.workers.apply_watcher_event(&guarded(v)),
+                ("Certificate", _) => w.certificates.apply_watcher_event(&guarded(v)),
+                ("Backup", _) => w.backups.apply_watcher_event(&guarded(v)),
+                (other, _) => panic!("unexpected kind {other}"),
             }
         }
         // Generated Secrets are not cached: the controller gets them by name, once.
     }
     let after = LIVE.load(Ordering::Relaxed);
-    black_box((&stores, &stack_store));
+    black_box((&stores, &stack_store, &whole_stores));
     ((after - before).max(0) as f64, children)
 }

@@ -1,6 +1,7 @@
 //! Applying a stack's bundle (server-side apply of what differs from the caches) and pruning
 //! the children that left the spec (label + controller owner uid, with uid preconditions).
 
+use super::observe::Seen;
 use super::*;
 
 pub(super) async fn apply_bundle(
@@ -48,7 +49,7 @@ where
         + DeserializeOwned
         + Clone
         + Debug,
-    S: Resource<DynamicType = ()> + AsJson + Clone,
+    S: Resource<DynamicType = ()> + CachedChild + Clone,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let kind = K::kind(&()).to_string();
@@ -63,15 +64,20 @@ where
         let key = trim::Verified::key(&kind, ns, &name);
         let cached = store
             .get(&ObjectRef::new(&name).within(ns))
-            .and_then(|o| o.as_json());
+            .and_then(|o| o.seen());
         let failed = |source| Error::Apply {
             kind: kind.clone(),
             name: name.clone(),
             source,
         };
-        let current = trim::is_current(&api, &name, &ctx.verified, &key, cached, &value, &hash)
-            .await
-            .map_err(failed)?;
+        let v = &ctx.verified;
+        let current = match cached {
+            None => false,
+            Some(Seen::Whole(o)) => diff::up_to_date(&value, &o),
+            Some(Seen::Digest(d)) => trim::is_current(&api, &name, v, &key, &d, &value, &hash)
+                .await
+                .map_err(failed)?,
+        };
         if current {
             continue;
         }
@@ -133,7 +139,7 @@ pub(super) async fn prune_bundle(
 
 /// Children of this stack (label and controller ownerReference uid) in the cache, sorted by
 /// name, that are not among `keep`.
-pub fn orphans<S: Resource<DynamicType = ()> + Clone>(
+pub fn orphans<S: Resource<DynamicType = ()> + CachedChild + Clone>(
     ns: &str,
     stack: &AppStack,
     store: &Store<S>,
@@ -145,7 +151,7 @@ pub fn orphans<S: Resource<DynamicType = ()> + Clone>(
         .state()
         .iter()
         .filter(|o| o.namespace().as_deref() == Some(ns))
-        .filter(|o| o.labels().get(STACK_LABEL) == Some(&name))
+        .filter(|o| o.stack_label() == Some(name.as_str()))
         .filter(|o| {
             o.owner_references()
                 .iter()
@@ -172,7 +178,7 @@ where
         + Clone
         + Debug,
     D: Resource,
-    S: Resource<DynamicType = ()> + Clone,
+    S: Resource<DynamicType = ()> + CachedChild + Clone,
 {
     let keep: BTreeSet<String> = desired.iter().map(|d| d.name_any()).collect();
     let candidates = orphans(ns, stack, store, &keep);

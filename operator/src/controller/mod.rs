@@ -12,6 +12,7 @@
 //! finalizer, since nothing outside the cluster needs cleaning.
 
 mod apply;
+pub mod child;
 pub mod crd_check;
 pub mod diff;
 mod events;
@@ -49,13 +50,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::{AppStack, Backup, Certificate, Worker, API_VERSION};
-use crate::k8s::meta::{MANAGER, STACK_LABEL};
+use crate::k8s::meta::MANAGER;
 use crate::k8s::{build, BuildOptions, Bundle, Owner};
 use crate::plan::wiring::MaterializeError;
 use crate::plan::{plan_stack, Observed, PlanError, StackPlan};
 
+use child::Child;
 pub use metrics::Metrics;
-use observe::AsJson;
+use observe::CachedChild;
 pub use secrets::user_secret_refs;
 use secrets::{check_user_secrets, ensure_generated_secrets};
 use status::Problem;
@@ -150,14 +152,15 @@ pub struct Settings {
     pub instance: Option<String>,
 }
 
-/// Reflector caches of everything the controller reads while reconciling.
+/// Reflector caches of everything the controller reads while reconciling; the children as
+/// compact [`Child`] records.
 #[derive(Clone)]
 pub struct Stores {
-    pub deployments: Store<Deployment>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub services: Store<Service>,
-    pub ingresses: Store<Ingress>,
-    pub network_policies: Store<NetworkPolicy>,
+    pub deployments: Store<Child<Deployment>>,
+    pub stateful_sets: Store<Child<StatefulSet>>,
+    pub services: Store<Child<Service>>,
+    pub ingresses: Store<Child<Ingress>>,
+    pub network_policies: Store<Child<NetworkPolicy>>,
     pub workers: Store<DeserializeGuard<Worker>>,
     /// Every Certificate in scope (for `tls.certificateRef`), not only the owned ones.
     pub certificates: Store<DeserializeGuard<Certificate>>,
@@ -166,11 +169,11 @@ pub struct Stores {
 
 /// The writing halves of [`Stores`], fed by watchers (or by tests).
 pub struct Writers {
-    pub deployments: reflector::store::Writer<Deployment>,
-    pub stateful_sets: reflector::store::Writer<StatefulSet>,
-    pub services: reflector::store::Writer<Service>,
-    pub ingresses: reflector::store::Writer<Ingress>,
-    pub network_policies: reflector::store::Writer<NetworkPolicy>,
+    pub deployments: reflector::store::Writer<Child<Deployment>>,
+    pub stateful_sets: reflector::store::Writer<Child<StatefulSet>>,
+    pub services: reflector::store::Writer<Child<Service>>,
+    pub ingresses: reflector::store::Writer<Child<Ingress>>,
+    pub network_policies: reflector::store::Writer<Child<NetworkPolicy>>,
     pub workers: reflector::store::Writer<DeserializeGuard<Worker>>,
     pub certificates: reflector::store::Writer<DeserializeGuard<Certificate>>,
     pub backups: reflector::store::Writer<DeserializeGuard<Backup>>,

@@ -2,50 +2,62 @@
 //! status.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::api::appstack::ComponentStatus;
 use crate::api::{Certificate, Worker};
 use crate::plan::{Component, StackPlan};
 
+use super::child::{Child, Kept};
 use super::Stores;
+use crate::k8s::meta::STACK_LABEL;
 use crate::plan::names;
 use crate::plan::worker::initial_replicas;
 use crate::status::{Facts, DEGRADED, READY};
 
-/// A cached object as JSON, for comparing with what berth would apply.
-pub trait AsJson {
-    /// The watches keep objects of this kind trimmed ([`super::trim`]).
+/// What a cache holds of an object, for comparing with what berth would apply.
+pub enum Seen {
+    /// The whole object, as JSON.
+    Whole(serde_json::Value),
+    /// Only the digest of what berth could have set ([`super::trim`]).
+    Digest(String),
+}
+
+/// An object as the AppStack controller's caches hold it.
+pub trait CachedChild {
+    /// The caches keep only a digest of objects of this kind ([`Child`]).
     const TRIMMED: bool = false;
-    fn as_json(&self) -> Option<serde_json::Value>;
+    /// `None`: nothing usable (an object that does not match its schema).
+    fn seen(&self) -> Option<Seen>;
+    /// The `berth.dev/stack` label.
+    fn stack_label(&self) -> Option<&str>;
 }
 
-macro_rules! as_json_plain {
-    ($trimmed:expr; $($t:ty),*) => {$(
-        impl AsJson for $t {
-            const TRIMMED: bool = $trimmed;
-            fn as_json(&self) -> Option<serde_json::Value> {
-                serde_json::to_value(self).ok()
-            }
-        }
-    )*};
+impl<K: Kept> CachedChild for Child<K> {
+    const TRIMMED: bool = true;
+    fn seen(&self) -> Option<Seen> {
+        Some(Seen::Digest(self.digest.clone()))
+    }
+    fn stack_label(&self) -> Option<&str> {
+        self.stack.as_deref()
+    }
 }
-as_json_plain!(true; Deployment, StatefulSet, Service, Ingress, NetworkPolicy);
-as_json_plain!(false; Secret);
 
-impl<K: Serialize> AsJson for DeserializeGuard<K> {
-    fn as_json(&self) -> Option<serde_json::Value> {
+impl<K: Serialize + Resource> CachedChild for DeserializeGuard<K> {
+    fn seen(&self) -> Option<Seen> {
         // An object that does not parse is never up to date: applying repairs it.
         self.0
             .as_ref()
             .ok()
             .and_then(|k| serde_json::to_value(k).ok())
+            .map(Seen::Whole)
+    }
+    fn stack_label(&self) -> Option<&str> {
+        self.labels().get(STACK_LABEL).map(String::as_str)
     }
 }
 
@@ -126,7 +138,7 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Facts> {
 }
 
 /// A component run by a StatefulSet (`None`: not created yet).
-pub fn stateful_set_facts(c: &Component, sts: Option<&StatefulSet>) -> Facts {
+pub fn stateful_set_facts(c: &Component, sts: Option<&Child<StatefulSet>>) -> Facts {
     let Some(sts) = sts else {
         return missing(c, "StatefulSet");
     };
@@ -145,7 +157,7 @@ pub fn stateful_set_facts(c: &Component, sts: Option<&StatefulSet>) -> Facts {
 /// A component run by a Deployment (`None`: not created yet). A rollout past its progress
 /// deadline is failing, not progressing (as on a Docker host, where a new version that does not
 /// become healthy holds the rollout).
-pub fn deployment_facts(c: &Component, d: Option<&Deployment>) -> Facts {
+pub fn deployment_facts(c: &Component, d: Option<&Child<Deployment>>) -> Facts {
     let Some(d) = d else {
         return missing(c, "Deployment");
     };

@@ -1,15 +1,11 @@
-//! Children cached without their spec.
+//! Children cached without their spec, and whether one already is what berth would apply.
 //!
-//! The AppStack controller reads two things from a cached child: its status (with
+//! A controller reads two things from a cached child: its status (with
 //! `metadata.generation`) for the stack's status, and whether it already is what berth would
 //! apply. Only the second needs the spec, and the spec is most of an object's memory (a
-//! Deployment's pod template with every server default). So the watches keep each
-//! Deployment, StatefulSet, Service, Ingress and NetworkPolicy without its spec: [`Trim`]
-//! replaces it by a digest of everything berth could have set (name, labels, annotations,
-//! owner references, spec), held in the in-memory label [`OBSERVED_DIGEST`] (never sent to
-//! the API server; a label, not an annotation, so that a trimmed child's metadata holds one
-//! small map rather than two: a map's first node costs about 0.5 KiB, a thousand stacks have
-//! some 14,000 children).
+//! Deployment's pod template with every server default). So the watches keep each child as a
+//! compact record ([`super::child::Child`]) whose [`digest`] stands for everything berth could
+//! have set (name, labels, annotations, owner references, spec).
 //!
 //! The controller remembers, per child, the digest it has seen to contain the desired object
 //! ([`Verified`]): from the response of its own apply, or from one `get` of the full object
@@ -17,23 +13,20 @@
 //! Any change by anyone changes the digest, so drift is still seen; an unchanged child costs
 //! no request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::child::{Child, Kept};
 use super::diff;
-use crate::k8s::meta::STACK_LABEL;
 
 /// kubectl's client-side apply record: the whole object again, as a string.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -68,44 +61,22 @@ pub fn lean_job(j: &mut Job) {
     j.spec = None;
 }
 
-/// [`Trim::trim`] keeping `spec.replicas`: the Worker controller's Deployments, whose replica
-/// count (set by the autoscaler or `kubectl scale`) it reads from the cache.
-pub fn trim_keeping_replicas(d: &mut Deployment) {
-    let replicas = d.spec.as_ref().and_then(|s| s.replicas);
-    d.trim();
-    d.spec = replicas.map(|r| DeploymentSpec {
-        replicas: Some(r),
-        ..DeploymentSpec::default()
-    });
-}
-
-/// Whether the cached child (`cached`: its JSON as cached, whole or trimmed) already is what
-/// berth would apply: `desired`, stamped with its applied hash `hash` (`diff::stamp`). A child
-/// cached whole is compared with it. A trimmed child is current when it carries `hash` and its
-/// digest was seen holding it ([`Verified`], under `key`); a digest new to this process (a
+/// Whether the child cached as [`Child`] with `digest` already is what berth would apply:
+/// `desired`, stamped with its applied hash `hash` (`diff::stamp`). It is when its digest
+/// was seen holding `hash` ([`Verified`], under `key`); a digest new to this process (a
 /// restart, or someone else's change) costs one `get` of the whole object, remembered.
 pub async fn is_current<K>(
     api: &Api<K>,
     name: &str,
     verified: &Verified,
     key: &str,
-    cached: Option<Value>,
+    digest: &str,
     desired: &Value,
     hash: &str,
 ) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
-    let Some(cached) = cached else {
-        return Ok(false);
-    };
-    let digest = cached
-        .pointer("/metadata/labels")
-        .and_then(|a| a.get(OBSERVED_DIGEST))
-        .and_then(Value::as_str);
-    let Some(digest) = digest else {
-        return Ok(diff::up_to_date(desired, &cached));
-    };
     // A digest seen before: the object is unchanged since, and holds what it held then.
     if let Some(held) = verified.held(key, digest) {
         return Ok(held == hash);
@@ -123,19 +94,19 @@ where
 }
 
 /// What [`apply_if_changed`] found or did.
-pub enum Applied<K> {
+pub enum Applied<K: Kept> {
     /// The cached child already was the desired object: nothing sent.
-    Current(std::sync::Arc<K>),
+    Current(std::sync::Arc<Child<K>>),
     /// The desired object was applied: the API server's answer.
     Written(K),
 }
 
-impl<K: Clone> Applied<K> {
-    /// The child as it now is (the cached copy when nothing was sent).
-    pub fn into_object(self) -> K {
+impl<K: Kept> Applied<K> {
+    /// The child as it now is (the cached record when nothing was sent).
+    pub fn into_child(self) -> Child<K> {
         match self {
             Applied::Current(c) => (*c).clone(),
-            Applied::Written(o) => o,
+            Applied::Written(o) => Child::of(o),
         }
     }
 }
@@ -145,21 +116,19 @@ impl<K: Clone> Applied<K> {
 /// `verified`, so its own watch event costs no read.
 pub async fn apply_if_changed<K>(
     api: &Api<K>,
-    store: &Store<K>,
+    store: &Store<Child<K>>,
     verified: &Verified,
     ns: &str,
     name: &str,
     mut desired: Value,
 ) -> Result<Applied<K>, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K: Kept + Resource<DynamicType = ()>,
 {
     let hash = diff::stamp(&mut desired);
     let key = Verified::key(&K::kind(&()), ns, name);
-    let cached = store.get(&ObjectRef::new(name).within(ns));
-    let observed = cached.as_deref().and_then(|c| serde_json::to_value(c).ok());
-    if is_current(api, name, verified, &key, observed, &desired, &hash).await? {
-        if let Some(c) = cached {
+    if let Some(c) = store.get(&ObjectRef::new(name).within(ns)) {
+        if is_current(api, name, verified, &key, &c.digest, &desired, &hash).await? {
             return Ok(Applied::Current(c));
         }
     }
@@ -172,16 +141,6 @@ where
         .await?;
     verified.record(key, digest(&applied), hash);
     Ok(Applied::Written(applied))
-}
-
-/// In-memory label of a trimmed cached child: the digest of what berth could have set.
-pub const OBSERVED_DIGEST: &str = "berth.dev/observed-digest";
-
-/// A child kind kept in the caches without its spec.
-pub trait Trim: Resource + Serialize {
-    /// Drops the spec and every annotation but berth's applied hash, after recording the
-    /// digest of the full object. Also drops managedFields.
-    fn trim(&mut self);
 }
 
 /// Digest of the fields berth could set on an object: name, namespace, labels, annotations,
@@ -207,10 +166,8 @@ fn digest_value(v: &Value) -> String {
                         }
                     }
                     for key in ["labels", "annotations"] {
-                        if let Some(Value::Object(a)) = val.get(key) {
-                            let mut a = a.clone();
-                            a.remove(OBSERVED_DIGEST);
-                            meta.insert(key.into(), Value::Object(a));
+                        if let Some(a @ Value::Object(_)) = val.get(key) {
+                            meta.insert(key.into(), a.clone());
                         }
                     }
                     projection.insert(k.clone(), Value::Object(meta));
@@ -223,55 +180,6 @@ fn digest_value(v: &Value) -> String {
     }
     diff::hash(&Value::Object(projection))
 }
-
-/// The digest a trimmed cached child carries; `None` for an object cached whole.
-pub fn observed_digest<K: Resource>(obj: &K) -> Option<&str> {
-    obj.meta()
-        .labels
-        .as_ref()?
-        .get(OBSERVED_DIGEST)
-        .map(String::as_str)
-}
-
-/// Keeps of the metadata what berth reads from a cached child: its identity (name, namespace,
-/// uid, generation), ownerReferences, the stack label (pruning) and the digest, which stands
-/// for every label and annotation dropped (the applied hash among them). Both in the labels:
-/// one map.
-fn trim_meta<K: Resource>(obj: &mut K, digest: String) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    let mut labels = BTreeMap::new();
-    if let Some((k, v)) = meta
-        .labels
-        .as_mut()
-        .and_then(|l| l.remove_entry(STACK_LABEL))
-    {
-        labels.insert(k, v);
-    }
-    labels.insert(OBSERVED_DIGEST.to_string(), digest);
-    meta.labels = Some(labels);
-    meta.annotations = None;
-}
-
-macro_rules! trim_spec {
-    ($($t:ty),*) => {$(
-        impl Trim for $t {
-            fn trim(&mut self) {
-                let d = digest(&*self);
-                trim_meta(self, d);
-                self.spec = None;
-            }
-        }
-    )*};
-}
-trim_spec!(
-    Deployment,
-    StatefulSet,
-    Service,
-    Ingress,
-    NetworkPolicy,
-    CronJob
-);
 
 /// Which digest of each child (`Kind/namespace/name`) was seen to contain which desired
 /// object (its applied hash).
@@ -344,6 +252,7 @@ impl Verified {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
 
     fn deployment(replicas: i32) -> Deployment {
@@ -362,41 +271,6 @@ mod tests {
             "status": {"readyReplicas": 1, "observedGeneration": 3}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn trimming_keeps_status_and_identity_and_drops_the_spec() {
-        let mut d = deployment(2);
-        let full = digest(&d);
-        d.trim();
-        assert!(d.spec.is_none());
-        assert!(d.metadata.managed_fields.is_none());
-        assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(1));
-        assert_eq!(d.metadata.generation, Some(3));
-        assert_eq!(d.metadata.uid.as_deref(), Some("u1"));
-        // Of the labels only the stack's (pruning reads it), and the digest, which stands for
-        // the rest and for every annotation; no annotations map at all.
-        assert_eq!(
-            d.metadata.labels,
-            Some(
-                [
-                    ("berth.dev/stack".to_string(), "shop".to_string()),
-                    (OBSERVED_DIGEST.to_string(), full.clone()),
-                ]
-                .into()
-            )
-        );
-        assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
-        assert_eq!(observed_digest(&d), Some(full.as_str()));
-        assert_eq!(d.metadata.annotations, None);
-        let mut unlabelled = deployment(2);
-        unlabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
-        let unlabelled_digest = digest(&unlabelled);
-        unlabelled.trim();
-        assert_eq!(
-            unlabelled.metadata.labels,
-            Some([(OBSERVED_DIGEST.to_string(), unlabelled_digest)].into())
-        );
     }
 
     #[test]
@@ -422,10 +296,8 @@ mod tests {
         d.metadata.generation = Some(4);
         d.status.as_mut().unwrap().ready_replicas = Some(2);
         assert_eq!(digest(&d), base, "status and server metadata do not count");
-        // The digest of a trimmed object's full version is what it carries.
-        let mut t = deployment(2);
-        t.trim();
-        assert_eq!(observed_digest(&t), Some(base.as_str()));
+        // The digest of the full object is what its cached record carries.
+        assert_eq!(Child::of(deployment(2)).digest, base);
     }
 
     #[test]

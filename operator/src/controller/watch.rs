@@ -30,8 +30,11 @@ where
 }
 
 /// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`], or
-/// [`trim::Trim::trim`] for the children kept without their spec) and yields the objects it
+/// [`keep_as_read`] for the children, which their type makes compact) and yields the objects it
 /// touched, for `owns_stream`/`watches_stream`.
+/// No change: a [`Child`] is compact as deserialized.
+fn keep_as_read<K>(_: &mut K) {}
+
 pub(super) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -159,34 +162,34 @@ pub async fn run_shared(
     let c = &client;
     let controller = controller
         .owns_stream(reflect(
-            scoped::<Deployment>(c, ns),
+            scoped::<Child<Deployment>>(c, ns),
             deployments,
             w.deployments,
-            trim::Trim::trim,
+            keep_as_read,
         ))
         .owns_stream(reflect(
-            scoped::<StatefulSet>(c, ns),
+            scoped::<Child<StatefulSet>>(c, ns),
             children.clone(),
             w.stateful_sets,
-            trim::Trim::trim,
+            keep_as_read,
         ))
         .owns_stream(reflect(
-            scoped::<Service>(c, ns),
+            scoped::<Child<Service>>(c, ns),
             children.clone(),
             w.services,
-            trim::Trim::trim,
+            keep_as_read,
         ))
         .owns_stream(reflect(
-            scoped::<Ingress>(c, ns),
+            scoped::<Child<Ingress>>(c, ns),
             children.clone(),
             w.ingresses,
-            trim::Trim::trim,
+            keep_as_read,
         ))
         .owns_stream(reflect(
-            scoped::<NetworkPolicy>(c, ns),
+            scoped::<Child<NetworkPolicy>>(c, ns),
             children.clone(),
             w.network_policies,
-            trim::Trim::trim,
+            keep_as_read,
         ))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     // Workers and Backups: the Worker and Backup controllers' caches where they run beside this

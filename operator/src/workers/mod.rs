@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod state;
 
+use crate::controller::child::Child;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
 pub fn context_with(
     client: Client,
     metrics: Arc<Metrics>,
-    deployments: Store<Deployment>,
+    deployments: Store<Child<Deployment>>,
     stacks: Store<DeserializeGuard<AppStack>>,
 ) -> Arc<Context> {
     let recorder = Recorder::new(
@@ -135,7 +136,7 @@ pub async fn run_shared(
     shared: Option<SharedCaches>,
 ) -> Result<(), WorkersError> {
     let workers: Api<DeserializeGuard<Worker>> = scoped(&client, namespace.as_deref());
-    let deployments: Api<Deployment> = scoped(&client, namespace.as_deref());
+    let deployments: Api<Child<Deployment>> = scoped(&client, namespace.as_deref());
     let stacks: Api<DeserializeGuard<AppStack>> = scoped(&client, namespace.as_deref());
     workers
         .list(&ListParams::default().limit(1))
@@ -175,8 +176,7 @@ pub async fn run_shared(
             .any_semantic(),
     )
     .default_backoff()
-    // Kept without the pod template: the digest and the replica count are what is read.
-    .modify(crate::controller::trim::trim_keeping_replicas)
+    // Kept as compact records: the digest and the replica count are what is read.
     .reflect(writer)
     .applied_objects();
     let (trigger, reader) = worker_watch.into_stream(synced);

@@ -1,6 +1,7 @@
 //! One reconcile of a Worker: dereference (AppStack, Redis Secret) → plan → build → apply
 //! the Deployment → hand the Worker to the autoscaler → status.
 
+use crate::controller::child::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ pub struct Context {
     pub driver: Driver<KubeTarget>,
     /// The Worker Deployments as the watch last saw them: a Deployment already as desired is
     /// not applied again (an idle Worker sends no writes).
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Child<Deployment>>,
     /// Which digest of each trimmed cached Deployment was seen holding which desired object.
     pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them: the one a Worker refers to is read from
@@ -246,7 +247,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
             match known {
                 Some(n) => Some(n),
                 None => match ctx.deployments.get(&ObjectRef::new(&name).within(&ns)) {
-                    Some(d) => d.spec.as_ref().and_then(|s| s.replicas),
+                    Some(d) => d.replicas,
                     None => deployments
                         .get_opt(&name)
                         .await?
@@ -271,14 +272,10 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
         if matches!(applied, trim::Applied::Written(_)) {
             ctx.shared.metrics.writes.inc();
         }
-        let applied = applied.into_object();
+        let applied = applied.into_child();
         ctx.shared.with(&id, |rt| {
             rt.deployment_known = true;
-            rt.deployment_replicas = applied
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(replicas);
+            rt.deployment_replicas = applied.replicas.unwrap_or(replicas);
             let st = applied.status.clone().unwrap_or_default();
             rt.observed_replicas = st.replicas.unwrap_or(0);
             rt.available_replicas = st.available_replicas.unwrap_or(0);

@@ -6,6 +6,7 @@
 //! CronJob's Jobs carry from its template; a finished Job therefore triggers the reconcile that
 //! records it.
 
+use crate::controller::child::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub struct Context {
     /// The berth image the backup pods run.
     pub image: String,
     /// The CronJobs as the watch last saw them: one already as desired is not applied again.
-    pub cron_jobs: Store<CronJob>,
+    pub cron_jobs: Store<Child<CronJob>>,
     /// Which digest of each trimmed cached CronJob was seen holding which desired object.
     pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them (an API read only for one not in it).
@@ -203,7 +204,7 @@ async fn run_inner(
     synced: crate::controller::synced::Synced,
     shared: Option<SharedCaches>,
 ) -> Result<(), BackupError> {
-    let (backups, cron_jobs, jobs): (Api<DeserializeGuard<Backup>>, Api<CronJob>, Api<Job>) =
+    let (backups, cron_jobs, jobs): (Api<DeserializeGuard<Backup>>, Api<Child<CronJob>>, Api<Job>) =
         match &namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -245,10 +246,9 @@ async fn run_inner(
         ..Context::new(client, metrics, image)
     });
     let managed = crate::controller::synced::watch_config().labels(BACKUP_LABEL);
-    // CronJobs kept without their spec (a digest of it), Jobs without theirs (never read).
+    // CronJobs kept as compact records (a digest of them), Jobs without their spec (never read).
     let owned = watcher(cron_jobs, managed.clone().any_semantic())
         .default_backoff()
-        .modify(crate::controller::trim::Trim::trim)
         .reflect(writer)
         .applied_objects();
     let job_events = watcher(jobs, managed.clone().any_semantic())
