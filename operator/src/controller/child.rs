@@ -82,7 +82,9 @@ kept_without_status!(Service, Ingress, NetworkPolicy, CronJob);
 /// A cached child: identity metadata, status, stack label and digest.
 #[derive(Clone, Debug)]
 pub struct Child<K: Kept> {
-    /// Name, namespace, uid, resourceVersion, generation, creationTimestamp, ownerReferences.
+    /// Name, namespace, uid, generation, creationTimestamp, ownerReferences. Not the
+    /// resourceVersion: nothing reads it from a cached child (the watch keeps its own), and
+    /// kube's store would copy it once more into the object's key.
     pub metadata: ObjectMeta,
     pub status: Option<K::Status>,
     /// `spec.replicas` (Deployments).
@@ -106,6 +108,7 @@ impl<K: Kept> Child<K> {
             .and_then(|mut l| l.remove(STACK_LABEL));
         metadata.annotations = None;
         metadata.managed_fields = None;
+        metadata.resource_version = None;
         Child {
             metadata,
             status,
@@ -179,6 +182,7 @@ mod tests {
         assert_eq!(c.metadata.labels, None);
         assert_eq!(c.metadata.annotations, None);
         assert_eq!(c.metadata.managed_fields, None);
+        assert_eq!(c.metadata.resource_version, None);
         // The API paths are the object's own.
         assert_eq!(Child::<Deployment>::plural(&()), "deployments");
         assert_eq!(Child::<Deployment>::api_version(&()), "apps/v1");
