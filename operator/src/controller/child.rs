@@ -82,9 +82,9 @@ kept_without_status!(Service, Ingress, NetworkPolicy, CronJob);
 /// A cached child: identity metadata, status, stack label and digest.
 #[derive(Clone, Debug)]
 pub struct Child<K: Kept> {
-    /// Name, namespace, uid, generation, creationTimestamp, ownerReferences. Not the
-    /// resourceVersion: nothing reads it from a cached child (the watch keeps its own), and
-    /// kube's store would copy it once more into the object's key.
+    /// Name, namespace, uid, resourceVersion, generation, creationTimestamp, ownerReferences.
+    /// The resourceVersion must stay: kube's watcher resumes from the one of each event's
+    /// object, and takes an object without one for an error and lists again.
     pub metadata: ObjectMeta,
     pub status: Option<K::Status>,
     /// `spec.replicas` (Deployments).
@@ -108,7 +108,6 @@ impl<K: Kept> Child<K> {
             .and_then(|mut l| l.remove(STACK_LABEL));
         metadata.annotations = None;
         metadata.managed_fields = None;
-        metadata.resource_version = None;
         Child {
             metadata,
             status,
@@ -182,7 +181,10 @@ mod tests {
         assert_eq!(c.metadata.labels, None);
         assert_eq!(c.metadata.annotations, None);
         assert_eq!(c.metadata.managed_fields, None);
-        assert_eq!(c.metadata.resource_version, None);
+        // kube's watcher reads each event's resourceVersion from the deserialized object:
+        // without it every event is a `NoResourceVersion` error and a re-list (seen at 1,000
+        // stacks: 3,500 more writes and a 137 MiB peak).
+        assert_eq!(c.metadata.resource_version.as_deref(), Some("5"));
         // The API paths are the object's own.
         assert_eq!(Child::<Deployment>::plural(&()), "deployments");
         assert_eq!(Child::<Deployment>::api_version(&()), "apps/v1");
