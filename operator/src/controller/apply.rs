@@ -93,7 +93,7 @@ where
             .map_err(failed)?;
         if S::TRIMMED {
             // What the server now holds contains `value`: its digest needs no read later.
-            ctx.verified.record(key, trim::digest(&applied), hash);
+            ctx.verified.record(key, child::digest(&applied), hash);
         }
         changes.applied.push(format!("{kind} {name}"));
     }

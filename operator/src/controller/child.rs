@@ -23,7 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::trim;
+use serde_json::{Map, Value};
+
+use super::diff;
 use crate::k8s::meta::STACK_LABEL;
 
 /// A child kind cached as a [`Child`].
@@ -91,14 +93,14 @@ pub struct Child<K: Kept> {
     pub replicas: Option<i32>,
     /// The `berth.dev/stack` label.
     pub stack: Option<String>,
-    /// [`trim::digest`] of the full object.
+    /// [`digest`] of the full object.
     pub digest: String,
 }
 
 impl<K: Kept> Child<K> {
     /// The record of a full object.
     pub fn of(mut obj: K) -> Child<K> {
-        let digest = trim::digest(&obj);
+        let digest = digest(&obj);
         let replicas = obj.replicas();
         let status = obj.take_status();
         let mut metadata = std::mem::take(obj.metadata_mut());
@@ -143,6 +145,44 @@ impl<K: Kept> k8s_openapi::Metadata for Child<K> {
     }
 }
 
+/// Digest of the fields berth could set on an object: name, namespace, labels, annotations,
+/// ownerReferences and every top-level field but `status` (`spec`, `data`, ...).
+pub fn digest<K: Serialize>(obj: &K) -> String {
+    match serde_json::to_value(obj) {
+        Ok(v) => digest_value(&v),
+        Err(_) => String::new(),
+    }
+}
+
+pub(super) fn digest_value(v: &Value) -> String {
+    let mut projection = Map::new();
+    if let Some(fields) = v.as_object() {
+        for (k, val) in fields {
+            match k.as_str() {
+                "status" | "apiVersion" | "kind" => {}
+                "metadata" => {
+                    let mut meta = Map::new();
+                    for key in ["name", "namespace", "ownerReferences"] {
+                        if let Some(x) = val.get(key) {
+                            meta.insert(key.into(), x.clone());
+                        }
+                    }
+                    for key in ["labels", "annotations"] {
+                        if let Some(a @ Value::Object(_)) = val.get(key) {
+                            meta.insert(key.into(), a.clone());
+                        }
+                    }
+                    projection.insert(k.clone(), Value::Object(meta));
+                }
+                _ => {
+                    projection.insert(k.clone(), val.clone());
+                }
+            }
+        }
+    }
+    diff::hash(&Value::Object(projection))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +210,7 @@ mod tests {
     fn a_child_keeps_identity_owner_status_stack_and_the_full_objects_digest() {
         let full: Deployment = serde_json::from_value(deployment_json()).unwrap();
         let c: Child<Deployment> = serde_json::from_value(deployment_json()).unwrap();
-        assert_eq!(c.digest, trim::digest(&full));
+        assert_eq!(c.digest, digest(&full));
         assert_eq!(c.stack.as_deref(), Some("shop"));
         assert_eq!(c.status.as_ref().unwrap().ready_replicas, Some(1));
         assert_eq!(c.replicas, Some(2));

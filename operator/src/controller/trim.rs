@@ -23,9 +23,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::child::{Child, Kept};
+use super::child::{digest, digest_value, Child, Kept};
 use super::diff;
 
 /// kubectl's client-side apply record: the whole object again, as a string.
@@ -141,44 +141,6 @@ where
         .await?;
     verified.record(key, digest(&applied), hash);
     Ok(Applied::Written(applied))
-}
-
-/// Digest of the fields berth could set on an object: name, namespace, labels, annotations,
-/// ownerReferences and every top-level field but `status` (`spec`, `data`, ...).
-pub fn digest<K: Serialize>(obj: &K) -> String {
-    match serde_json::to_value(obj) {
-        Ok(v) => digest_value(&v),
-        Err(_) => String::new(),
-    }
-}
-
-fn digest_value(v: &Value) -> String {
-    let mut projection = Map::new();
-    if let Some(fields) = v.as_object() {
-        for (k, val) in fields {
-            match k.as_str() {
-                "status" | "apiVersion" | "kind" => {}
-                "metadata" => {
-                    let mut meta = Map::new();
-                    for key in ["name", "namespace", "ownerReferences"] {
-                        if let Some(x) = val.get(key) {
-                            meta.insert(key.into(), x.clone());
-                        }
-                    }
-                    for key in ["labels", "annotations"] {
-                        if let Some(a @ Value::Object(_)) = val.get(key) {
-                            meta.insert(key.into(), a.clone());
-                        }
-                    }
-                    projection.insert(k.clone(), Value::Object(meta));
-                }
-                _ => {
-                    projection.insert(k.clone(), val.clone());
-                }
-            }
-        }
-    }
-    diff::hash(&Value::Object(projection))
 }
 
 /// Which digest of each child (`Kind/namespace/name`) was seen to contain which desired
