@@ -8,7 +8,8 @@
 //! first node is about 0.5 KiB). A [`Child`] keeps what the controller reads and nothing
 //! else: the object's identity and ownerReferences (`metadata`, with no labels, annotations
 //! or managedFields), the status where the stack's status is computed from it, the stack
-//! label (pruning), and the digest of everything berth could have set ([`super::trim`]).
+//! label (pruning), and the [`digest`] of everything berth could have set (what
+//! [`super::trim`] compares).
 //!
 //! The watches deserialize each event straight into a [`Child`]: the full object lives only
 //! while its digest is computed.
@@ -22,7 +23,6 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
-
 use serde_json::{Map, Value};
 
 use super::diff;

@@ -29,12 +29,12 @@ where
     }
 }
 
-/// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`], or
-/// [`keep_as_read`] for the children, which their type makes compact) and yields the objects it
-/// touched, for `owns_stream`/`watches_stream`.
 /// No change: a [`Child`] is compact as deserialized.
 fn keep_as_read<K>(_: &mut K) {}
 
+/// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`], or
+/// [`keep_as_read`] for the children, which their type makes compact) and yields the objects it
+/// touched, for `owns_stream`/`watches_stream`.
 pub(super) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,

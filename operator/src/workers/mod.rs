@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod state;
 
-use crate::controller::child::Child;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppStack, Worker};
 use crate::autoscale::Driver;
+use crate::controller::child::Child;
 use crate::controller::synced::{MainWatch, Synced};
 use crate::controller::SharedCache;
 

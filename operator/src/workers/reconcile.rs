@@ -1,7 +1,6 @@
 //! One reconcile of a Worker: dereference (AppStack, Redis Secret) → plan → build → apply
 //! the Deployment → hand the Worker to the autoscaler → status.
 
-use crate::controller::child::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use tracing::Instrument;
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
 use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
+use crate::controller::child::Child;
 use crate::controller::trim;
 use crate::plan::wiring::{stack_urls, UrlSource};
 use crate::plan::worker::{plan_worker, start_replicas};

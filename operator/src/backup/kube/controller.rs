@@ -6,7 +6,6 @@
 //! CronJob's Jobs carry from its template; a finished Job therefore triggers the reconcile that
 //! records it.
 
-use crate::controller::child::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Backup, BackupStatus};
 use crate::backup::report::{blocked_status, status_from_jobs};
 use crate::backup::BackupError;
+use crate::controller::child::Child;
 use crate::k8s::meta::MANAGER;
 
 /// How often a Backup is looked at without any event (a safety net, not the mechanism).

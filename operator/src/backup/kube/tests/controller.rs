@@ -385,11 +385,13 @@ async fn a_resync_of_an_unchanged_backup_sends_no_request() {
     });
     reconcile(Arc::new(b.clone()), ctx.clone()).await.unwrap();
     let (mut handle, cj, st) = server.await.unwrap();
-    // The watch sees the applied CronJob (and keeps it without its spec, as the controller's
-    // watch does); the Backup carries the status written.
+    // The watch sees the applied CronJob (and keeps it as a compact record, as the
+    // controller's watch does); the Backup carries the status written.
     let trimmed = || {
         let o: crate::controller::child::Child<CronJob> =
             serde_json::from_value(cj.clone()).unwrap();
+        let full: CronJob = serde_json::from_value(cj.clone()).unwrap();
+        assert_eq!(o.digest, crate::controller::child::digest(&full));
         o
     };
     cron_writer.apply_watcher_event(&watcher::Event::Apply(trimmed()));
