@@ -416,7 +416,7 @@ async fn unchanged_stack_sends_no_write() {
     assert_eq!(h.metrics.writes.get(), writes_before);
 }
 
-/// The operator's watches keep each child as a compact record (controller::child) with the
+/// The operator's caches keep each child as a compact record (controller::cache) with the
 /// digest of the object. Once berth has applied a child, the digest of the object its apply
 /// returned is what the watch then delivers: a periodic reconcile sends nothing.
 #[tokio::test]
@@ -424,11 +424,11 @@ async fn trimmed_caches_send_nothing_for_an_unchanged_stack() {
     let server = Server::new(&shop(), &[("shop-keys", &["stripe"])]);
     let mut h = Harness::new(server);
     let (stack, _) = created(&mut h).await;
-    let cached = h.ctx.stores.deployments.state();
+    let cached = h.ctx.stores.deployments.all();
     assert!(!cached.is_empty());
     assert!(cached
         .iter()
-        .all(|d| d.metadata.labels.is_none() && d.stack.as_deref() == Some("shop")));
+        .all(|(ns, d)| &**ns == NS && d.stack.as_deref() == Some("shop")));
     for _ in 0..3 {
         h.reconcile(&stack).await.unwrap();
         assert_eq!(lines(&h.api.take()), Vec::<String>::new());

@@ -536,7 +536,7 @@ async fn resyncs_read_nothing_and_the_secret_is_reread_when_the_queue_fails() {
     let ctx = berth::workers::context_with(
         api.client.clone(),
         Arc::new(Metrics::default()),
-        kube::runtime::reflector::store().0,
+        berth::controller::cache::Cache::default(),
         stacks,
     );
     let reconcile_now = |w: &Value| {
@@ -610,7 +610,8 @@ async fn deployments_cached_without_their_template_are_read_once_and_kept_curren
 
     // First reconcile: applied; the watch then delivers the applied object, kept trimmed.
     let api = FakeApi::start(worker.clone(), secret_json(&redis.url()));
-    let (store, mut writer) = kube::runtime::reflector::store();
+    let store = berth::controller::cache::Cache::default();
+    let writer = store.clone();
     let ctx = berth::workers::context_with(
         api.client.clone(),
         Arc::new(Metrics::default()),
@@ -653,8 +654,8 @@ async fn deployments_cached_without_their_template_are_read_once_and_kept_curren
             ),
         ],
     );
-    let (store, mut writer) = kube::runtime::reflector::store();
-    writer.apply_watcher_event(&cached(&served));
+    let store = berth::controller::cache::Cache::default();
+    store.apply_watcher_event(&cached(&served));
     let ctx = berth::workers::context_with(
         api.client.clone(),
         Arc::new(Metrics::default()),
@@ -682,8 +683,8 @@ async fn deployments_cached_without_their_template_are_read_once_and_kept_curren
         api.client.clone(),
         Arc::new(Metrics::default()),
         {
-            let (store, mut writer) = kube::runtime::reflector::store();
-            writer.apply_watcher_event(&cached(&drifted));
+            let store = berth::controller::cache::Cache::default();
+            store.apply_watcher_event(&cached(&drifted));
             store
         },
         kube::runtime::reflector::store().0,

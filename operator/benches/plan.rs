@@ -144,7 +144,7 @@ fn main() {
         })
         .collect();
     // As kept before (whole k8s-openapi objects), then as the operator keeps them now
-    // (compact records, controller::child).
+    // (compact records, controller::cache).
     for (compact, label) in [(false, "whole children  "), (true, "compact children")] {
         let (bytes, children) = fill(&inputs, compact);
         println!(

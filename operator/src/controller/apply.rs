@@ -1,7 +1,7 @@
 //! Applying a stack's bundle (server-side apply of what differs from the caches) and pruning
 //! the children that left the spec (label + controller owner uid, with uid preconditions).
 
-use super::observe::Seen;
+use super::observe::{ChildCache, Seen};
 use super::*;
 
 pub(super) async fn apply_bundle(
@@ -36,10 +36,10 @@ pub(super) async fn apply_bundle(
 }
 
 /// Server-side applies (field manager `berth`, forced) each object that differs from the cache.
-pub(super) async fn apply_all<K, S>(
+pub(super) async fn apply_all<K, C>(
     ns: &str,
     desired: &[K],
-    store: &Store<S>,
+    store: &C,
     ctx: &Context,
     changes: &mut Changes,
 ) -> Result<(), Error>
@@ -49,7 +49,7 @@ where
         + DeserializeOwned
         + Clone
         + Debug,
-    S: Resource<DynamicType = ()> + CachedChild + Clone,
+    C: ChildCache,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let kind = K::kind(&()).to_string();
@@ -62,9 +62,7 @@ where
         })?;
         let hash = diff::stamp(&mut value);
         let key = trim::Verified::key(&kind, ns, &name);
-        let cached = store
-            .get(&ObjectRef::new(&name).within(ns))
-            .and_then(|o| o.seen());
+        let cached = store.seen(ns, &name);
         let failed = |source| Error::Apply {
             kind: kind.clone(),
             name: name.clone(),
@@ -91,7 +89,7 @@ where
             )
             .await
             .map_err(failed)?;
-        if S::TRIMMED {
+        if C::TRIMMED {
             // What the server now holds contains `value`: its digest needs no read later.
             ctx.verified.record(key, child::digest(&applied), hash);
         }
@@ -139,36 +137,26 @@ pub(super) async fn prune_bundle(
 
 /// Children of this stack (label and controller ownerReference uid) in the cache, sorted by
 /// name, that are not among `keep`.
-pub fn orphans<S: Resource<DynamicType = ()> + CachedChild + Clone>(
+pub fn orphans<C: ChildCache>(
     ns: &str,
     stack: &AppStack,
-    store: &Store<S>,
+    store: &C,
     keep: &BTreeSet<String>,
 ) -> Vec<(String, Option<String>)> {
-    let uid = stack.uid();
-    let name = stack.name_any();
-    let mut out: Vec<(String, Option<String>)> = store
-        .state()
-        .iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns))
-        .filter(|o| o.stack_label() == Some(name.as_str()))
-        .filter(|o| {
-            o.owner_references()
-                .iter()
-                .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
-        })
-        .filter(|o| !keep.contains(&o.name_any()))
-        .map(|o| (o.name_any(), o.uid()))
-        .collect();
+    let Some(uid) = stack.uid() else {
+        return Vec::new();
+    };
+    let mut out = store.owned(ns, &stack.name_any(), &uid);
+    out.retain(|(name, _)| !keep.contains(name));
     out.sort();
     out
 }
 
-pub(super) async fn prune<K, D, S>(
+pub(super) async fn prune<K, D, C>(
     ns: &str,
     stack: &AppStack,
     desired: &[D],
-    store: &Store<S>,
+    store: &C,
     ctx: &Context,
     changes: &mut Changes,
 ) -> Result<(), Error>
@@ -178,7 +166,7 @@ where
         + Clone
         + Debug,
     D: Resource,
-    S: Resource<DynamicType = ()> + CachedChild + Clone,
+    C: ChildCache,
 {
     let keep: BTreeSet<String> = desired.iter().map(|d| d.name_any()).collect();
     let candidates = orphans(ns, stack, store, &keep);

@@ -1,14 +1,14 @@
-//! Children as the controllers' caches hold them: [`Child`], a compact record per object
-//! instead of the k8s-openapi object. The AppStack controller's Deployments, StatefulSets,
-//! Services, Ingresses and NetworkPolicies, the Worker controller's Deployments and the
-//! Backup controller's CronJobs.
+//! Children as the controllers' watches deliver them: [`Child`], a compact form of each
+//! object instead of the k8s-openapi object, from which the caches keep a smaller
+//! [`super::cache::Record`]. The AppStack controller's Deployments, StatefulSets, Services,
+//! Ingresses and NetworkPolicies, the Worker controller's Deployments and the Backup
+//! controller's CronJobs.
 //!
-//! A trimmed `Deployment` still costs its whole inline size (2,400 bytes: `Option<Spec>` is
-//! inline even when `None`) and a labels map for the stack label and the digest (a map's
-//! first node is about 0.5 KiB). A [`Child`] keeps what the controller reads and nothing
-//! else: the object's identity and ownerReferences (`metadata`, with no labels, annotations
-//! or managedFields), the status where the stack's status is computed from it, the stack
-//! label (pruning), and the [`digest`] of everything berth could have set (what
+//! A [`Child`] keeps what the watch and the controllers need and nothing else: the object's
+//! identity and ownerReferences (`metadata`, with no labels, annotations or managedFields:
+//! kube's watcher reads each event's resourceVersion, `Controller::owns_stream` the owner),
+//! what the controllers read of the status ([`DeploymentRead`], [`StatefulSetRead`]), the
+//! stack label (pruning), and the [`digest`] of everything berth could have set (what
 //! [`super::trim`] compares).
 //!
 //! The watches deserialize each event straight into a [`Child`]: the full object lives only
@@ -50,9 +50,9 @@ pub trait Kept:
 }
 
 impl Kept for Deployment {
-    type Status = DeploymentStatus;
-    fn take_status(&mut self) -> Option<DeploymentStatus> {
-        self.status.take()
+    type Status = DeploymentRead;
+    fn take_status(&mut self) -> Option<DeploymentRead> {
+        self.status.take().map(DeploymentRead::of)
     }
     // The Worker controller reads the replica count the autoscaler or `kubectl scale` set.
     fn replicas(&self) -> Option<i32> {
@@ -61,9 +61,65 @@ impl Kept for Deployment {
 }
 
 impl Kept for StatefulSet {
-    type Status = StatefulSetStatus;
-    fn take_status(&mut self) -> Option<StatefulSetStatus> {
-        self.status.take()
+    type Status = StatefulSetRead;
+    fn take_status(&mut self) -> Option<StatefulSetRead> {
+        self.status.take().map(StatefulSetRead::of)
+    }
+}
+
+/// What the controllers read of a Deployment's status (its conditions, with their messages,
+/// are most of it): the replica counts, `observedGeneration`, and the message of a
+/// `Progressing=False` condition (a rollout past its progress deadline).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeploymentRead {
+    pub observed_generation: Option<i64>,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub available_replicas: i32,
+    pub updated_replicas: i32,
+    /// `Progressing=False`: its message (else its reason).
+    pub stuck: Option<Box<str>>,
+}
+
+impl DeploymentRead {
+    pub fn of(st: DeploymentStatus) -> DeploymentRead {
+        let stuck = st
+            .conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Progressing" && c.status == "False")
+            .map(|c| c.message.or(c.reason).unwrap_or_default().into());
+        DeploymentRead {
+            observed_generation: st.observed_generation,
+            replicas: st.replicas.unwrap_or(0),
+            ready_replicas: st.ready_replicas.unwrap_or(0),
+            available_replicas: st.available_replicas.unwrap_or(0),
+            updated_replicas: st.updated_replicas.unwrap_or(0),
+            stuck,
+        }
+    }
+}
+
+/// What the AppStack controller reads of a StatefulSet's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatefulSetRead {
+    pub observed_generation: Option<i64>,
+    pub ready_replicas: i32,
+    pub updated_replicas: i32,
+    /// `updateRevision` is set and differs from `currentRevision`: pods of the previous
+    /// revision remain.
+    pub revision_pending: bool,
+}
+
+impl StatefulSetRead {
+    pub fn of(st: StatefulSetStatus) -> StatefulSetRead {
+        StatefulSetRead {
+            observed_generation: st.observed_generation,
+            ready_replicas: st.ready_replicas.unwrap_or(0),
+            updated_replicas: st.updated_replicas.unwrap_or(0),
+            revision_pending: st.update_revision.is_some()
+                && st.current_revision != st.update_revision,
+        }
     }
 }
 
@@ -212,7 +268,7 @@ mod tests {
         let c: Child<Deployment> = serde_json::from_value(deployment_json()).unwrap();
         assert_eq!(c.digest, digest(&full));
         assert_eq!(c.stack.as_deref(), Some("shop"));
-        assert_eq!(c.status.as_ref().unwrap().ready_replicas, Some(1));
+        assert_eq!(c.status.as_ref().unwrap().ready_replicas, 1);
         assert_eq!(c.replicas, Some(2));
         assert_eq!(c.metadata.generation, Some(3));
         assert_eq!(c.metadata.uid.as_deref(), Some("u1"));

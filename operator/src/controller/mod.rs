@@ -12,6 +12,7 @@
 //! finalizer, since nothing outside the cluster needs cleaning.
 
 mod apply;
+pub mod cache;
 pub mod child;
 pub mod crd_check;
 pub mod diff;
@@ -55,9 +56,9 @@ use crate::k8s::{build, BuildOptions, Bundle, Owner};
 use crate::plan::wiring::MaterializeError;
 use crate::plan::{plan_stack, Observed, PlanError, StackPlan};
 
+use cache::Cache;
 use child::Child;
 pub use metrics::Metrics;
-use observe::CachedChild;
 pub use secrets::user_secret_refs;
 use secrets::{check_user_secrets, ensure_generated_secrets};
 use status::Problem;
@@ -65,7 +66,7 @@ use status::Problem;
 pub use apply::orphans;
 use apply::*;
 use events::*;
-pub use watch::{run, run_shared, run_synced, run_with, SharedCache, SharedCaches};
+pub use watch::{run, run_shared, run_synced, run_with, watch_into, SharedCache, SharedCaches};
 
 /// How long a healthy stack waits before a resync from the caches (reads only, no writes
 /// unless something drifted unnoticed).
@@ -152,15 +153,15 @@ pub struct Settings {
     pub instance: Option<String>,
 }
 
-/// Reflector caches of everything the controller reads while reconciling; the children as
-/// compact [`Child`] records.
+/// Caches of everything the controller reads while reconciling: the children as compact
+/// records ([`Cache`]), the berth kinds in kube's reflector stores.
 #[derive(Clone)]
 pub struct Stores {
-    pub deployments: Store<Child<Deployment>>,
-    pub stateful_sets: Store<Child<StatefulSet>>,
-    pub services: Store<Child<Service>>,
-    pub ingresses: Store<Child<Ingress>>,
-    pub network_policies: Store<Child<NetworkPolicy>>,
+    pub deployments: Cache<Deployment>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub services: Cache<Service>,
+    pub ingresses: Cache<Ingress>,
+    pub network_policies: Cache<NetworkPolicy>,
     pub workers: Store<DeserializeGuard<Worker>>,
     /// Every Certificate in scope (for `tls.certificateRef`), not only the owned ones.
     pub certificates: Store<DeserializeGuard<Certificate>>,
@@ -169,11 +170,11 @@ pub struct Stores {
 
 /// The writing halves of [`Stores`], fed by watchers (or by tests).
 pub struct Writers {
-    pub deployments: reflector::store::Writer<Child<Deployment>>,
-    pub stateful_sets: reflector::store::Writer<Child<StatefulSet>>,
-    pub services: reflector::store::Writer<Child<Service>>,
-    pub ingresses: reflector::store::Writer<Child<Ingress>>,
-    pub network_policies: reflector::store::Writer<Child<NetworkPolicy>>,
+    pub deployments: Cache<Deployment>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub services: Cache<Service>,
+    pub ingresses: Cache<Ingress>,
+    pub network_policies: Cache<NetworkPolicy>,
     pub workers: reflector::store::Writer<DeserializeGuard<Worker>>,
     pub certificates: reflector::store::Writer<DeserializeGuard<Certificate>>,
     pub backups: reflector::store::Writer<DeserializeGuard<Backup>>,
@@ -181,11 +182,16 @@ pub struct Writers {
 
 /// Empty stores and their writers.
 pub fn stores() -> (Stores, Writers) {
-    let (deployments, w_deployments) = reflector::store();
-    let (stateful_sets, w_stateful_sets) = reflector::store();
-    let (services, w_services) = reflector::store();
-    let (ingresses, w_ingresses) = reflector::store();
-    let (network_policies, w_network_policies) = reflector::store();
+    let deployments = Cache::<Deployment>::default();
+    let w_deployments = deployments.clone();
+    let stateful_sets = Cache::<StatefulSet>::default();
+    let w_stateful_sets = stateful_sets.clone();
+    let services = Cache::<Service>::default();
+    let w_services = services.clone();
+    let ingresses = Cache::<Ingress>::default();
+    let w_ingresses = ingresses.clone();
+    let network_policies = Cache::<NetworkPolicy>::default();
+    let w_network_policies = network_policies.clone();
     let (workers, w_workers) = reflector::store();
     let (certificates, w_certificates) = reflector::store();
     let (backups, w_backups) = reflector::store();

@@ -12,7 +12,8 @@ use crate::api::appstack::ComponentStatus;
 use crate::api::{Certificate, Worker};
 use crate::plan::{Component, StackPlan};
 
-use super::child::{Child, Kept};
+use super::cache::{Cache, Record};
+use super::child::{DeploymentRead, Kept, StatefulSetRead};
 use super::Stores;
 use crate::k8s::meta::STACK_LABEL;
 use crate::plan::names;
@@ -24,40 +25,60 @@ pub enum Seen {
     /// The whole object, as JSON.
     Whole(serde_json::Value),
     /// Only the digest of what berth could have set ([`super::trim`]).
-    Digest(String),
+    Digest(Box<str>),
 }
 
-/// An object as the AppStack controller's caches hold it.
-pub trait CachedChild {
-    /// The caches keep only a digest of objects of this kind ([`Child`]).
-    const TRIMMED: bool = false;
-    /// `None`: nothing usable (an object that does not match its schema).
-    fn seen(&self) -> Option<Seen>;
-    /// The `berth.dev/stack` label.
-    fn stack_label(&self) -> Option<&str>;
+/// A cache of one child kind, as the AppStack controller applies and prunes against it.
+pub trait ChildCache {
+    /// The cache keeps only a digest of each object ([`Cache`]).
+    const TRIMMED: bool;
+    /// `None`: not cached, or nothing usable (an object that does not match its schema).
+    fn seen(&self, ns: &str, name: &str) -> Option<Seen>;
+    /// Name and uid of each object in `ns` labelled as `stack`'s whose controller owner has
+    /// uid `owner`.
+    fn owned(&self, ns: &str, stack: &str, owner: &str) -> Vec<(String, Option<String>)>;
 }
 
-impl<K: Kept> CachedChild for Child<K> {
+impl<K: Kept> ChildCache for Cache<K> {
     const TRIMMED: bool = true;
-    fn seen(&self) -> Option<Seen> {
-        Some(Seen::Digest(self.digest.clone()))
+    fn seen(&self, ns: &str, name: &str) -> Option<Seen> {
+        self.get(ns, name).map(|r| Seen::Digest(r.digest.clone()))
     }
-    fn stack_label(&self) -> Option<&str> {
-        self.stack.as_deref()
+    fn owned(&self, ns: &str, stack: &str, owner: &str) -> Vec<(String, Option<String>)> {
+        self.in_namespace(ns)
+            .iter()
+            .filter(|r| r.stack.as_deref() == Some(stack) && r.owner.as_deref() == Some(owner))
+            .map(|r| (r.name.to_string(), r.uid.as_deref().map(String::from)))
+            .collect()
     }
 }
 
-impl<K: Serialize + Resource> CachedChild for DeserializeGuard<K> {
-    fn seen(&self) -> Option<Seen> {
+impl<K> ChildCache for Store<DeserializeGuard<K>>
+where
+    K: Serialize + Resource<DynamicType = ()> + Clone,
+{
+    const TRIMMED: bool = false;
+    fn seen(&self, ns: &str, name: &str) -> Option<Seen> {
         // An object that does not parse is never up to date: applying repairs it.
-        self.0
-            .as_ref()
-            .ok()
-            .and_then(|k| serde_json::to_value(k).ok())
-            .map(Seen::Whole)
+        get(self, ns, name).and_then(|o| {
+            o.0.as_ref()
+                .ok()
+                .and_then(|k| serde_json::to_value(k).ok())
+                .map(Seen::Whole)
+        })
     }
-    fn stack_label(&self) -> Option<&str> {
-        self.labels().get(STACK_LABEL).map(String::as_str)
+    fn owned(&self, ns: &str, stack: &str, owner: &str) -> Vec<(String, Option<String>)> {
+        self.state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(ns))
+            .filter(|o| o.labels().get(STACK_LABEL).map(String::as_str) == Some(stack))
+            .filter(|o| {
+                o.owner_references()
+                    .iter()
+                    .any(|r| r.controller == Some(true) && r.uid == owner)
+            })
+            .map(|o| (o.name_any(), o.uid()))
+            .collect()
     }
 }
 
@@ -90,10 +111,10 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Facts> {
     let mut out = Vec::new();
     for c in &plan.components {
         let o = if c.storage.is_some() {
-            let sts = get(&s.stateful_sets, ns, &c.host);
+            let sts = s.stateful_sets.get(ns, &c.host);
             stateful_set_facts(c, sts.as_deref())
         } else {
-            let d = get(&s.deployments, ns, &c.host);
+            let d = s.deployments.get(ns, &c.host);
             deployment_facts(c, d.as_deref())
         };
         out.push(o);
@@ -107,12 +128,9 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Facts> {
             .routes
             .iter()
             .filter(|r| {
-                get(
-                    &s.ingresses,
-                    ns,
-                    &names::route_ingress(&plan.stack, &r.slug),
-                )
-                .is_some()
+                s.ingresses
+                    .get(ns, &names::route_ingress(&plan.stack, &r.slug))
+                    .is_some()
             })
             .count();
         let mut message = String::new();
@@ -138,17 +156,17 @@ pub fn components(ns: &str, plan: &StackPlan, s: &Stores) -> Vec<Facts> {
 }
 
 /// A component run by a StatefulSet (`None`: not created yet).
-pub fn stateful_set_facts(c: &Component, sts: Option<&Child<StatefulSet>>) -> Facts {
+pub fn stateful_set_facts(c: &Component, sts: Option<&Record<StatefulSet>>) -> Facts {
     let Some(sts) = sts else {
         return missing(c, "StatefulSet");
     };
-    let st = sts.status.clone().unwrap_or_default();
-    let rolling = st.observed_generation < sts.metadata.generation
-        || st.updated_replicas.unwrap_or(0) < c.replicas
-        || (st.update_revision.is_some() && st.current_revision != st.update_revision);
-    let ready = st.ready_replicas.unwrap_or(0);
+    let default = StatefulSetRead::default();
+    let st = sts.status.as_ref().unwrap_or(&default);
+    let rolling = st.observed_generation < sts.generation
+        || st.updated_replicas < c.replicas
+        || st.revision_pending;
     Facts {
-        status: status_of(c, ready, rollout_message(rolling)),
+        status: status_of(c, st.ready_replicas, rollout_message(rolling)),
         rolling,
         failing: None,
     }
@@ -157,27 +175,18 @@ pub fn stateful_set_facts(c: &Component, sts: Option<&Child<StatefulSet>>) -> Fa
 /// A component run by a Deployment (`None`: not created yet). A rollout past its progress
 /// deadline is failing, not progressing (as on a Docker host, where a new version that does not
 /// become healthy holds the rollout).
-pub fn deployment_facts(c: &Component, d: Option<&Child<Deployment>>) -> Facts {
+pub fn deployment_facts(c: &Component, d: Option<&Record<Deployment>>) -> Facts {
     let Some(d) = d else {
         return missing(c, "Deployment");
     };
-    let st = d.status.clone().unwrap_or_default();
-    let stuck = st
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing" && c.status == "False")
-        .map(|c| {
-            c.message
-                .clone()
-                .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
-        });
+    let default = DeploymentRead::default();
+    let st = d.status.as_ref().unwrap_or(&default);
+    let stuck = st.stuck.as_deref().map(String::from);
     let rolling = stuck.is_none()
-        && (st.observed_generation < d.metadata.generation
-            || st.updated_replicas.unwrap_or(0) < c.replicas);
+        && (st.observed_generation < d.generation || st.updated_replicas < c.replicas);
     let message = stuck.clone().unwrap_or_else(|| rollout_message(rolling));
     Facts {
-        status: status_of(c, st.ready_replicas.unwrap_or(0), message),
+        status: status_of(c, st.ready_replicas, message),
         rolling,
         failing: stuck,
     }

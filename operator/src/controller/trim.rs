@@ -4,7 +4,7 @@
 //! `metadata.generation`) for the stack's status, and whether it already is what berth would
 //! apply. Only the second needs the spec, and the spec is most of an object's memory (a
 //! Deployment's pod template with every server default). So the watches keep each child as a
-//! compact record ([`super::child::Child`]) whose [`digest`] stands for everything berth could
+//! compact record ([`super::cache::Record`]) whose [`digest`] stands for everything berth could
 //! have set (name, labels, annotations, owner references, spec).
 //!
 //! The controller remembers, per child, the digest it has seen to contain the desired object
@@ -14,18 +14,18 @@
 //! no request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::fmt::Debug;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::child::{digest, digest_value, Child, Kept};
+use super::cache::{Cache, Record};
+use super::child::{digest, digest_value, Kept};
 use super::diff;
 
 /// kubectl's client-side apply record: the whole object again, as a string.
@@ -61,7 +61,7 @@ pub fn lean_job(j: &mut Job) {
     j.spec = None;
 }
 
-/// Whether the child cached as [`Child`] with `digest` already is what berth would apply:
+/// Whether the child cached as [`Record`] with `digest` already is what berth would apply:
 /// `desired`, stamped with its applied hash `hash` (`diff::stamp`). It is when its digest
 /// was seen holding `hash` ([`Verified`], under `key`); a digest new to this process (a
 /// restart, or someone else's change) costs one `get` of the whole object, remembered.
@@ -96,27 +96,27 @@ where
 /// What [`apply_if_changed`] found or did.
 pub enum Applied<K: Kept> {
     /// The cached child already was the desired object: nothing sent.
-    Current(std::sync::Arc<Child<K>>),
+    Current(Arc<Record<K>>),
     /// The desired object was applied: the API server's answer.
     Written(K),
 }
 
 impl<K: Kept> Applied<K> {
     /// The child as it now is (the cached record when nothing was sent).
-    pub fn into_child(self) -> Child<K> {
+    pub fn into_record(self) -> Arc<Record<K>> {
         match self {
-            Applied::Current(c) => (*c).clone(),
-            Applied::Written(o) => Child::of(o),
+            Applied::Current(r) => r,
+            Applied::Written(o) => Arc::new(Record::of_object(o)),
         }
     }
 }
 
 /// Server-side applies (field manager `berth`, forced) `desired` unless the child cached in
-/// `store` already is it ([`is_current`]); the applied object's digest is remembered in
+/// `cache` already is it ([`is_current`]); the applied object's digest is remembered in
 /// `verified`, so its own watch event costs no read.
 pub async fn apply_if_changed<K>(
     api: &Api<K>,
-    store: &Store<Child<K>>,
+    cache: &Cache<K>,
     verified: &Verified,
     ns: &str,
     name: &str,
@@ -127,7 +127,7 @@ where
 {
     let hash = diff::stamp(&mut desired);
     let key = Verified::key(&K::kind(&()), ns, name);
-    if let Some(c) = store.get(&ObjectRef::new(name).within(ns)) {
+    if let Some(c) = cache.get(ns, name) {
         if is_current(api, name, verified, &key, &c.digest, &desired, &hash).await? {
             return Ok(Applied::Current(c));
         }
@@ -182,17 +182,12 @@ impl Verified {
         self.lock().retain(|k, _| present(k));
     }
 
-    /// Forgets every object of a one-kind memo that `store` no longer holds (deleted).
-    pub fn retain_cached<K>(&self, store: &Store<K>)
-    where
-        K: Resource<DynamicType = ()> + Clone,
-    {
+    /// Forgets every object of a one-kind memo that `cache` no longer holds (deleted).
+    pub fn retain_cached<K: Kept>(&self, cache: &Cache<K>) {
         self.retain(|key| {
             let mut parts = key.splitn(3, '/');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some(_), Some(ns), Some(name)) => {
-                    store.get(&ObjectRef::new(name).within(ns)).is_some()
-                }
+                (Some(_), Some(ns), Some(name)) => cache.get(ns, name).is_some(),
                 _ => false,
             }
         });
@@ -259,7 +254,7 @@ mod tests {
         d.status.as_mut().unwrap().ready_replicas = Some(2);
         assert_eq!(digest(&d), base, "status and server metadata do not count");
         // The digest of the full object is what its cached record carries.
-        assert_eq!(Child::of(deployment(2)).digest, base);
+        assert_eq!(super::super::child::Child::of(deployment(2)).digest, base);
     }
 
     #[test]

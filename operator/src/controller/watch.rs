@@ -29,12 +29,8 @@ where
     }
 }
 
-/// No change: a [`Child`] is compact as deserialized.
-fn keep_as_read<K>(_: &mut K) {}
-
-/// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`], or
-/// [`keep_as_read`] for the children, which their type makes compact) and yields the objects it
-/// touched, for `owns_stream`/`watches_stream`.
+/// A watch that fills a store with each object as `prepare` leaves it ([`trim::lean`]) and
+/// yields the objects it touched, for `owns_stream`/`watches_stream`.
 pub(super) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -49,6 +45,31 @@ where
         .modify(prepare)
         .reflect(writer)
         .touched_objects()
+}
+
+/// A watch of a child kind that fills `cache` with a [`cache::Record`] of each object; its
+/// events carry each object as [`Child`], which a `Controller` maps to its owner.
+pub fn watch_into<K: child::Kept>(
+    api: Api<Child<K>>,
+    config: watcher::Config,
+    cache: Cache<K>,
+) -> impl Stream<Item = Result<watcher::Event<Child<K>>, watcher::Error>> + Send + 'static {
+    watcher(api, config)
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                cache.apply_watcher_event(event);
+            }
+        })
+}
+
+/// [`watch_into`], yielding the objects it touched (for `owns_stream`).
+fn reflect_children<K: child::Kept>(
+    api: Api<Child<K>>,
+    config: watcher::Config,
+    cache: Cache<K>,
+) -> impl Stream<Item = Result<Child<K>, watcher::Error>> + Send + 'static {
+    watch_into(api, config, cache).touched_objects()
 }
 
 /// Runs the AppStack controller until `shutdown` is cancelled.
@@ -161,35 +182,30 @@ pub async fn run_shared(
     let stacks = controller.store();
     let c = &client;
     let controller = controller
-        .owns_stream(reflect(
+        .owns_stream(reflect_children(
             scoped::<Child<Deployment>>(c, ns),
             deployments,
             w.deployments,
-            keep_as_read,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_children(
             scoped::<Child<StatefulSet>>(c, ns),
             children.clone(),
             w.stateful_sets,
-            keep_as_read,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_children(
             scoped::<Child<Service>>(c, ns),
             children.clone(),
             w.services,
-            keep_as_read,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_children(
             scoped::<Child<Ingress>>(c, ns),
             children.clone(),
             w.ingresses,
-            keep_as_read,
         ))
-        .owns_stream(reflect(
+        .owns_stream(reflect_children(
             scoped::<Child<NetworkPolicy>>(c, ns),
             children.clone(),
             w.network_policies,
-            keep_as_read,
         ))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     // Workers and Backups: the Worker and Backup controllers' caches where they run beside this
@@ -287,13 +303,11 @@ pub(super) async fn mark_synced(
         while !main.is_set() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        synced::store_ready(&s.deployments).await.then_some(())?;
-        synced::store_ready(&s.stateful_sets).await.then_some(())?;
-        synced::store_ready(&s.services).await.then_some(())?;
-        synced::store_ready(&s.ingresses).await.then_some(())?;
-        synced::store_ready(&s.network_policies)
-            .await
-            .then_some(())?;
+        s.deployments.ready().await;
+        s.stateful_sets.ready().await;
+        s.services.ready().await;
+        s.ingresses.ready().await;
+        s.network_policies.ready().await;
         synced::store_ready(&s.workers).await.then_some(())?;
         synced::store_ready(&s.certificates).await.then_some(())?;
         synced::store_ready(&s.backups).await.then_some(())
@@ -323,19 +337,15 @@ async fn forget_deleted_children(ctx: Arc<Context>, shutdown: CancellationToken)
                 return false;
             };
             match kind {
-                "Deployment" => cached(&s.deployments, ns, name),
-                "StatefulSet" => cached(&s.stateful_sets, ns, name),
-                "Service" => cached(&s.services, ns, name),
-                "Ingress" => cached(&s.ingresses, ns, name),
-                "NetworkPolicy" => cached(&s.network_policies, ns, name),
+                "Deployment" => s.deployments.get(ns, name).is_some(),
+                "StatefulSet" => s.stateful_sets.get(ns, name).is_some(),
+                "Service" => s.services.get(ns, name).is_some(),
+                "Ingress" => s.ingresses.get(ns, name).is_some(),
+                "NetworkPolicy" => s.network_policies.get(ns, name).is_some(),
                 _ => false,
             }
         });
     }
-}
-
-fn cached<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str, name: &str) -> bool {
-    store.get(&ObjectRef::new(name).within(ns)).is_some()
 }
 
 /// The stacks a Certificate concerns: its controller owner, and stacks referring to it.

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::{AppStack, WorkerStatus};
-use crate::controller::child::Child;
+use crate::controller::cache::Record;
 use crate::controller::observe::deployment_facts;
 use crate::docker::converge::{decide, GroupSpec, Health, Replica};
 use crate::docker::desired::{DesiredGroup, Kind, ObjectKey};
@@ -223,7 +223,7 @@ fn k8s(c: &Component, generation: i64, status: serde_json::Value) -> Facts {
         "status": status,
     }))
     .unwrap();
-    deployment_facts(c, Some(&Child::of(d)))
+    deployment_facts(c, Some(&Record::of_object(d)))
 }
 
 /// A Docker host: the api's containers `(version, health)`; the wanted version is `new`.

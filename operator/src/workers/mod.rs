@@ -20,12 +20,13 @@ use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppStack, Worker};
 use crate::autoscale::Driver;
+use crate::controller::cache::Cache;
 use crate::controller::child::Child;
 use crate::controller::synced::{MainWatch, Synced};
 use crate::controller::SharedCache;
@@ -47,14 +48,14 @@ const GC_INTERVAL: Duration = Duration::from_secs(30);
 /// The context of a controller over `client` (also what tests drive without watches: with
 /// an empty Deployment cache every reconcile applies).
 pub fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
-    context_with(client, metrics, reflector::store().0, reflector::store().0)
+    context_with(client, metrics, Cache::default(), reflector::store().0)
 }
 
 /// [`context`] over given caches of Deployments and AppStacks (what the watches fill).
 pub fn context_with(
     client: Client,
     metrics: Arc<Metrics>,
-    deployments: Store<Child<Deployment>>,
+    deployments: Cache<Deployment>,
     stacks: Store<DeserializeGuard<AppStack>>,
 ) -> Arc<Context> {
     let recorder = Recorder::new(
@@ -142,7 +143,7 @@ pub async fn run_shared(
         .list(&ListParams::default().limit(1))
         .await
         .map_err(WorkersError::CannotList)?;
-    let (deployment_store, writer) = reflector::store();
+    let deployment_cache = Cache::default();
     let (worker_watch, stack_store, stack_changes) = match shared {
         Some(SharedCaches { workers, stacks }) => (workers, stacks.store, stacks.changes),
         None => {
@@ -158,14 +159,15 @@ pub async fn run_shared(
             )
         }
     };
-    let ctx = context_with(client, metrics, deployment_store, stack_store);
+    let ctx = context_with(client, metrics, deployment_cache.clone(), stack_store);
 
     let driver = ctx.driver.clone();
     driver.set_keyspace_notifications(keyspace_notifications);
     let token = shutdown.clone();
     let autoscaler = tokio::spawn(async move { driver.run(token).await });
 
-    let owned = watcher(
+    // Kept as compact records: the digest and the replica count are what is read.
+    let owned = crate::controller::watch_into(
         deployments,
         crate::controller::synced::watch_config()
             // Only Workers' Deployments: the stacks' own are the AppStack controller's.
@@ -174,10 +176,8 @@ pub async fn run_shared(
                 build::WORKER_LABEL
             ))
             .any_semantic(),
+        deployment_cache,
     )
-    .default_backoff()
-    // Kept as compact records: the digest and the replica count are what is read.
-    .reflect(writer)
     .applied_objects();
     let (trigger, reader) = worker_watch.into_stream(synced);
     // A spec change of a stack reconciles its Workers; its status changes do not.

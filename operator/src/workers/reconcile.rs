@@ -10,14 +10,14 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Worker};
 use crate::autoscale::{Driver, Policy, QueueProbe, RedisTarget, WorkerEntry};
-use crate::controller::child::Child;
+use crate::controller::cache::Cache;
 use crate::controller::trim;
 use crate::plan::wiring::{stack_urls, UrlSource};
 use crate::plan::worker::{plan_worker, start_replicas};
@@ -45,7 +45,7 @@ pub struct Context {
     pub driver: Driver<KubeTarget>,
     /// The Worker Deployments as the watch last saw them: a Deployment already as desired is
     /// not applied again (an idle Worker sends no writes).
-    pub deployments: Store<Child<Deployment>>,
+    pub deployments: Cache<Deployment>,
     /// Which digest of each trimmed cached Deployment was seen holding which desired object.
     pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them: the one a Worker refers to is read from
@@ -246,7 +246,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
                 .flatten();
             match known {
                 Some(n) => Some(n),
-                None => match ctx.deployments.get(&ObjectRef::new(&name).within(&ns)) {
+                None => match ctx.deployments.get(&ns, &name) {
                     Some(d) => d.replicas,
                     None => deployments
                         .get_opt(&name)
@@ -272,15 +272,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
         if matches!(applied, trim::Applied::Written(_)) {
             ctx.shared.metrics.writes.inc();
         }
-        let applied = applied.into_child();
+        let applied = applied.into_record();
         ctx.shared.with(&id, |rt| {
             rt.deployment_known = true;
             rt.deployment_replicas = applied.replicas.unwrap_or(replicas);
             let st = applied.status.clone().unwrap_or_default();
-            rt.observed_replicas = st.replicas.unwrap_or(0);
-            rt.available_replicas = st.available_replicas.unwrap_or(0);
-            rt.rolling = st.observed_generation < applied.metadata.generation
-                || st.updated_replicas.unwrap_or(0) < rt.deployment_replicas;
+            rt.observed_replicas = st.replicas;
+            rt.available_replicas = st.available_replicas;
+            rt.rolling = st.observed_generation < applied.generation
+                || st.updated_replicas < rt.deployment_replicas;
             if rt.available_replicas >= rt.deployment_replicas {
                 rt.ready_at = rt.deployment_replicas;
             }
@@ -292,7 +292,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Arc<Context>) -> Result<Action,
         });
         applied
     };
-    tracing::debug!(deployment = ?applied.metadata.name, "applied");
+    tracing::debug!(deployment = ?applied.name, "applied");
 
     match autoscale {
         Some(entry) => ctx.driver.upsert(entry),

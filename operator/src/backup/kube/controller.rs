@@ -34,6 +34,7 @@ use crate::api::common::SecretKeyRef;
 use crate::api::{AppStack, Backup, BackupStatus};
 use crate::backup::report::{blocked_status, status_from_jobs};
 use crate::backup::BackupError;
+use crate::controller::cache::Cache;
 use crate::controller::child::Child;
 use crate::k8s::meta::MANAGER;
 
@@ -93,7 +94,7 @@ pub struct Context {
     /// The berth image the backup pods run.
     pub image: String,
     /// The CronJobs as the watch last saw them: one already as desired is not applied again.
-    pub cron_jobs: Store<Child<CronJob>>,
+    pub cron_jobs: Cache<CronJob>,
     /// Which digest of each trimmed cached CronJob was seen holding which desired object.
     pub verified: crate::controller::trim::Verified,
     /// The AppStacks as their watch last saw them (an API read only for one not in it).
@@ -121,7 +122,7 @@ impl Context {
             metrics,
             recorder,
             image,
-            cron_jobs: reflector::store().0,
+            cron_jobs: Cache::default(),
             verified: Default::default(),
             stacks: reflector::store().0,
             jobs: None,
@@ -221,7 +222,7 @@ async fn run_inner(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store();
+    let cron_job_cache = Cache::default();
     let (job_store, job_writer) = reflector::store();
     // A periodic reconcile reads its AppStack and Jobs from caches: no request.
     let (backup_watch, stack_store, stack_cache) = match shared {
@@ -240,17 +241,16 @@ async fn run_inner(
         }
     };
     let ctx = Arc::new(Context {
-        cron_jobs: store,
+        cron_jobs: cron_job_cache.clone(),
         stacks: stack_store,
         jobs: Some(job_store),
         ..Context::new(client, metrics, image)
     });
     let managed = crate::controller::synced::watch_config().labels(BACKUP_LABEL);
     // CronJobs kept as compact records (a digest of them), Jobs without their spec (never read).
-    let owned = watcher(cron_jobs, managed.clone().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+    let owned =
+        crate::controller::watch_into(cron_jobs, managed.clone().any_semantic(), cron_job_cache)
+            .applied_objects();
     let job_events = watcher(jobs, managed.clone().any_semantic())
         .default_backoff()
         .modify(crate::controller::trim::lean_job)

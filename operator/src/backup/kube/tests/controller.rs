@@ -344,7 +344,8 @@ async fn a_resync_of_an_unchanged_backup_sends_no_request() {
     .unwrap();
     let (stacks, mut stack_writer) = reflector::store();
     stack_writer.apply_watcher_event(&watcher::Event::Apply(stack));
-    let (cron_jobs, mut cron_writer) = reflector::store();
+    let cron_jobs = crate::controller::cache::Cache::<CronJob>::default();
+    let cron_writer = cron_jobs.clone();
     let ctx = Arc::new(Context {
         stacks,
         cron_jobs,
@@ -435,8 +436,8 @@ async fn a_resync_of_an_unchanged_backup_sends_no_request() {
         }))
         .unwrap(),
     ));
-    let (cron_jobs, mut cron_writer) = reflector::store();
-    cron_writer.apply_watcher_event(&watcher::Event::Apply(trimmed()));
+    let cron_jobs = crate::controller::cache::Cache::<CronJob>::default();
+    cron_jobs.apply_watcher_event(&watcher::Event::Apply(trimmed()));
     let restarted = Arc::new(Context {
         stacks,
         cron_jobs,
