@@ -144,10 +144,20 @@ where
 }
 
 /// Which digest of each child (`Kind/namespace/name`) was seen to contain which desired
-/// object (its applied hash).
+/// object (its applied hash). Both are 16 hex digits ([`diff::hash`]), kept as the 64-bit
+/// numbers they write (one entry per child of every stack: at 1,000 stacks, 18,000 entries).
 #[derive(Default)]
 pub struct Verified {
-    seen: Mutex<HashMap<String, (String, String)>>,
+    seen: Mutex<HashMap<Box<str>, (u64, u64)>>,
+}
+
+/// A digest or hash as its number (`None`: not one berth computed, which matches nothing).
+fn number(hex: &str) -> Option<u64> {
+    if hex.len() == 16 {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        None
+    }
 }
 
 impl Verified {
@@ -163,14 +173,21 @@ impl Verified {
     /// The desired object (its hash) that this `digest` of the child was seen to contain;
     /// `None` for a digest not seen (a restart, or a change by anyone since).
     pub fn held(&self, key: &str, digest: &str) -> Option<String> {
+        let digest = number(digest)?;
         self.lock()
             .get(key)
-            .filter(|(d, _)| d == digest)
-            .map(|(_, h)| h.clone())
+            .filter(|(d, _)| *d == digest)
+            .map(|(_, h)| format!("{h:016x}"))
     }
 
     pub fn record(&self, key: String, digest: String, hash: String) {
-        self.lock().insert(key, (digest, hash));
+        match (number(&digest), number(&hash)) {
+            (Some(d), Some(h)) => {
+                self.lock().insert(key.into_boxed_str(), (d, h));
+            }
+            // Nothing that could match later: whatever was known of the child is stale.
+            _ => self.forget(&key),
+        }
     }
 
     pub fn forget(&self, key: &str) {
@@ -201,7 +218,7 @@ impl Verified {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (u64, u64)>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -299,14 +316,36 @@ mod tests {
     fn verified_digests_are_per_child_digest_and_hash() {
         let v = Verified::default();
         let k = Verified::key("Deployment", "shop", "api");
-        assert!(!v.holds(&k, "d1", "h1"));
-        v.record(k.clone(), "d1".into(), "h1".into());
-        assert!(v.holds(&k, "d1", "h1"));
-        assert!(!v.holds(&k, "d2", "h1"), "the object changed");
-        assert!(!v.holds(&k, "d1", "h2"), "berth wants something else");
-        assert_eq!(v.held(&k, "d1").as_deref(), Some("h1"));
-        assert_eq!(v.held(&k, "d2"), None, "a digest not seen");
+        let (d1, d2) = ("00000000000000d1", "00000000000000d2");
+        let (h1, h2) = (
+            "000a000000000001".to_string(),
+            "ffffffffffffff02".to_string(),
+        );
+        assert!(!v.holds(&k, d1, &h1));
+        v.record(k.clone(), d1.into(), h1.clone());
+        assert!(v.holds(&k, d1, &h1));
+        assert!(!v.holds(&k, d2, &h1), "the object changed");
+        assert!(!v.holds(&k, d1, &h2), "berth wants something else");
+        // The hash comes back as written, leading zeros and all.
+        assert_eq!(v.held(&k, d1), Some(h1.clone()));
+        assert_eq!(v.held(&k, d2), None, "a digest not seen");
+        // A digest berth did not compute (an object that would not serialize) matches
+        // nothing, and replaces what was known.
+        v.record(k.clone(), String::new(), h1.clone());
+        assert_eq!(v.held(&k, d1), None);
+        assert_eq!(v.held(&k, ""), None);
+        v.record(k.clone(), d1.into(), h1.clone());
         v.retain(|key| key != k);
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn verified_holds_the_hashes_berth_computes() {
+        let d = digest(&deployment(2));
+        let mut desired = serde_json::to_value(deployment(2)).unwrap();
+        let hash = diff::stamp(&mut desired);
+        let v = Verified::default();
+        v.record("k".into(), d.clone(), hash.clone());
+        assert!(v.holds("k", &d, &hash), "{d} {hash}");
     }
 }
