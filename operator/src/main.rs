@@ -9,6 +9,7 @@ use clap::Parser;
 static ALLOCATOR: berth::heap::Counting = berth::heap::Counting;
 
 fn main() -> ExitCode {
+    berth::heap::single_arena();
     berth::tls::install_default_provider();
     let cli = berth::cli::Cli::parse();
     berth::cli::run(cli)
