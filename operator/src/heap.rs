@@ -94,7 +94,7 @@ pub fn publish() {
 /// set, which is left to decide). By default each thread that allocates under contention gets
 /// an arena of its own, and each arena grows to the peak of what was allocated in it: at
 /// 1,000 stacks the operator's caches, filled on one tokio worker and replaced on another,
-/// left two arenas of about 34 MiB resident each for 42 MB of live heap. One arena: 89.3 MiB
+/// left two arenas of about 34 MiB resident each for 42 MB of live heap. One arena: 89.1 MiB
 /// peak RSS instead of 96.8 MiB (`make bench-k8s`, docs/performance.md). Allocation is not
 /// where berth spends its time, so the lock all threads then share costs nothing measurable.
 ///
