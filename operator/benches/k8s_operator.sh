@@ -106,7 +106,7 @@ berth_counts() { # verb:resource count from berth's /metrics
     }
     END { for (v in n) print v, n[v] }' | sort
 }
-status_of() { awk -v p="^$1 " '$0 ~ p {print $2; exit}' "/proc/$BERTH_PID/status" | tr -d ' kB'; }
+status_of() { awk -v p="^$1:" '$0 ~ p {print $2; exit}' "/proc/$BERTH_PID/status"; }
 
 log "starting $BERTH operator"
 RUST_LOG=${RUST_LOG:-warn} "$BERTH" operator --leader-elect=false --http-addr "$HTTP" \
@@ -145,6 +145,9 @@ done
 converged=$(($(date +%s) - started))
 hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$BERTH_PID/status")
 rss=$(awk '/^VmRSS:/{print $2}' "/proc/$BERTH_PID/status")
+# What the RSS after convergence is made of: anonymous pages (the heap, stacks) and the binary's
+# mapped code (file pages; the kernel maps code 64 KiB around each page first run).
+rss_anon=$(status_of RssAnon) rss_file=$(status_of RssFile)
 # The live heap as berth's counting allocator sees it (berth::heap): bytes berth holds, and
 # their peak; VmRSS minus the live heap is what the allocator keeps (and code, stacks).
 heap() { curl -fsS "http://$HTTP/metrics" | awk -v m="^berth_heap_$1_bytes " '$0 ~ m {print $2}'; }
@@ -177,6 +180,8 @@ printf 'memory:  peak RSS (VmHWM) %.1f MiB   RSS after convergence %.1f MiB   af
   "$(echo "$hwm / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$IDLE_SECS" "$(echo "$idle_rss / 1024" | bc -l)" \
   "$(echo "$hwm / 1024 / 64" | bc -l)"
 mib() { [[ -n $1 ]] && printf '%.1f MiB' "$(echo "$1 / 1048576" | bc -l)" || printf 'n/a'; }
+printf 'rss:     after convergence %.1f MiB anonymous (heap, stacks) + %.1f MiB mapped from the binary and libraries\n' \
+  "$(echo "$rss_anon / 1024" | bc -l)" "$(echo "$rss_file / 1024" | bc -l)"
 echo "heap:    peak live $(mib "$heap_peak")   live after convergence $(mib "$heap_live")   after ${IDLE_SECS}s idle $(mib "$heap_idle")   (berth's counting allocator; RSS minus live heap = what the allocator keeps)"
 echo "time:    every stack reconciled ${reconciled}s after start, idle window from ${converged}s (writes: $last)"
 echo "idle ${IDLE_SECS}s, berth's berth_kube_requests_total:  $(delta "$WORK/berth.before" "$WORK/berth.after" | summ)"
