@@ -101,7 +101,8 @@ pub(super) struct State {
 pub(super) struct Inner<T> {
     pub(super) target: T,
     pub(super) pool: Pool,
-    pub(super) workers: Mutex<HashMap<WorkerId, State>>,
+    /// Boxed: a hash table keeps room for up to twice its entries, each a `State` inline.
+    pub(super) workers: Mutex<HashMap<WorkerId, Box<State>>>,
     pub(super) changed: Notify,
     /// Keyspace notifications on (see [`super::notify`]).
     pub(super) keyspace: AtomicBool,
@@ -172,7 +173,7 @@ impl<T: ScaleTarget> Driver<T> {
         &self.inner.pool
     }
 
-    pub(super) fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, State>> {
+    pub(super) fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Box<State>>> {
         self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -199,12 +200,12 @@ impl<T: ScaleTarget> Driver<T> {
             None => {
                 workers.insert(
                     entry.id.clone(),
-                    State {
+                    Box::new(State {
                         entry,
                         history: History::default(),
                         next_due: now,
                         last_poll: None,
-                    },
+                    }),
                 );
                 self.inner.keys_changed.store(true, Ordering::Release);
             }
@@ -268,22 +269,12 @@ impl<T: ScaleTarget> Driver<T> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let reads = by_redis.into_iter().map(|(redis, entries)| async move {
-            let probes: Vec<&QueueProbe> = entries.iter().map(|e| &e.probe).collect();
-            let pipe = probe_pipeline(&probes, now_ms);
-            let values = match self.inner.target.relay(redis, &pipe).await {
-                Some(v) => v,
-                None => self
-                    .inner
-                    .pool
-                    .get(redis)
-                    .query(&pipe)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            let depths = split_replies(redis, &probes, &pipe, values);
-            entries.into_iter().zip(depths).collect::<Vec<_>>()
-        });
+        // One read per Redis and then one act per Worker, all at once: each of these futures
+        // is in memory a thousand times at 1,000 stacks, so their large and rare steps
+        // (dials, API requests) are boxed where they run.
+        let reads = by_redis
+            .into_iter()
+            .map(|(redis, entries)| self.read(redis, entries, now_ms));
         let measured: Vec<(&WorkerEntry, Result<Depth, ProbeError>)> =
             join_all(reads).await.into_iter().flatten().collect();
         let acts = measured.into_iter().map(|(entry, depth)| async move {
@@ -292,7 +283,32 @@ impl<T: ScaleTarget> Driver<T> {
         join_all(acts).await
     }
 
-    async fn act(
+    /// Reads the queues of `entries`, all on `redis`, in one round trip.
+    pub(crate) async fn read<'a>(
+        &self,
+        redis: &RedisTarget,
+        entries: Vec<&'a WorkerEntry>,
+        now_ms: u64,
+    ) -> Vec<(&'a WorkerEntry, Result<Depth, ProbeError>)> {
+        let probes: Vec<&QueueProbe> = entries.iter().map(|e| &e.probe).collect();
+        let pipe = probe_pipeline(&probes, now_ms);
+        let values = match self.inner.target.relay(redis, &pipe).await {
+            Some(v) => v,
+            None => self
+                .inner
+                .pool
+                .get(redis)
+                .query(&pipe)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let depths = split_replies(redis, &probes, &pipe, values);
+        entries.into_iter().zip(depths).collect()
+    }
+
+    /// Decides for one Worker from what was read, scales it when the decision says so, and
+    /// reports the outcome to the backend.
+    pub(crate) async fn act(
         &self,
         entry: &WorkerEntry,
         depth: Result<Depth, ProbeError>,

@@ -260,6 +260,71 @@ impl Conn {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    /// Dials the Redis (after its lookup), unless the last failed dial was too recent: then
+    /// the last error again. A failure is remembered with the wait before the next dial.
+    async fn dial(&self, client: &Client, url: &str) -> Result<MultiplexedConnection, PoolError> {
+        let last_failure = {
+            let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.as_ref().map(|(at, n, e)| (*at, *n, e.clone()))
+        };
+        if let Some((not_before, _, e)) = &last_failure {
+            if Instant::now() < *not_before {
+                return Err(e.clone());
+            }
+        }
+        let record = |message: String| {
+            let err = PoolError::Connect {
+                url: url.to_string(),
+                message: scrub(&message, &self.target),
+            };
+            let n = last_failure
+                .as_ref()
+                .map_or(1, |(_, n, _)| n.saturating_add(1));
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now() + redial_delay(n), n, err.clone()));
+            err
+        };
+        match self.resolve(client).await {
+            Ok(()) => {}
+            Err(Some(message)) => return Err(record(message)),
+            // The last lookup still runs: the last error stands, and the wait
+            // before the next dial starts again.
+            Err(None) => {
+                let err = match &last_failure {
+                    Some((_, _, e)) => e.clone(),
+                    None => PoolError::Connect {
+                        url: url.to_string(),
+                        message: "the host's lookup has not finished yet".into(),
+                    },
+                };
+                let n = last_failure.as_ref().map_or(1, |(_, n, _)| *n);
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now() + redial_delay(n), n, err.clone()));
+                return Err(err);
+            }
+        }
+        // rediss:// relies on the process-wide rustls provider.
+        crate::tls::install_default_provider();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        let dialled = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match dialled {
+            Ok(c) => {
+                *failed = None;
+                Ok(c)
+            }
+            Err(e) => {
+                drop(failed);
+                Err(record(e.to_string()))
+            }
+        }
+    }
+
     /// Sends one pipeline (replies of failed commands come back as `Value::ServerError`, so
     /// one Worker's wrong key does not fail the others). A broken connection is dropped and
     /// re-dialled on the next call.
@@ -271,67 +336,11 @@ impl Conn {
             match slot.as_ref() {
                 Some(c) => c.clone(),
                 None => {
-                    let last_failure = {
-                        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-                        failed.as_ref().map(|(at, n, e)| (*at, *n, e.clone()))
-                    };
-                    if let Some((not_before, _, e)) = &last_failure {
-                        if Instant::now() < *not_before {
-                            return Err(e.clone());
-                        }
-                    }
-                    let record = |message: String| {
-                        let err = PoolError::Connect {
-                            url: url.clone(),
-                            message: scrub(&message, &self.target),
-                        };
-                        let n = last_failure
-                            .as_ref()
-                            .map_or(1, |(_, n, _)| n.saturating_add(1));
-                        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some((Instant::now() + redial_delay(n), n, err.clone()));
-                        err
-                    };
-                    match self.resolve(client).await {
-                        Ok(()) => {}
-                        Err(Some(message)) => return Err(record(message)),
-                        // The last lookup still runs: the last error stands, and the wait
-                        // before the next dial starts again.
-                        Err(None) => {
-                            let err = match &last_failure {
-                                Some((_, _, e)) => e.clone(),
-                                None => PoolError::Connect {
-                                    url: url.clone(),
-                                    message: "the host's lookup has not finished yet".into(),
-                                },
-                            };
-                            let n = last_failure.as_ref().map_or(1, |(_, n, _)| *n);
-                            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some((Instant::now() + redial_delay(n), n, err.clone()));
-                            return Err(err);
-                        }
-                    }
-                    // rediss:// relies on the process-wide rustls provider.
-                    crate::tls::install_default_provider();
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                    self.dials.fetch_add(1, Ordering::Relaxed);
-                    let dialled = client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await;
-                    let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-                    match dialled {
-                        Ok(c) => {
-                            *failed = None;
-                            *slot = Some(c.clone());
-                            c
-                        }
-                        Err(e) => {
-                            drop(failed);
-                            return Err(record(e.to_string()));
-                        }
-                    }
+                    // Boxed: a dial's future (lookup, connect, TLS, handshake) is several
+                    // times a query's, and a poll has one query in flight per Redis.
+                    let c = Box::pin(self.dial(client, &url)).await?;
+                    *slot = Some(c.clone());
+                    c
                 }
             }
         };
@@ -390,6 +399,18 @@ fn password_of(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poll has one query in flight per Redis (1,000 at 1,000 stacks): the dial, large and
+    /// rare, is boxed while it runs, so a query on an open connection stays small.
+    #[test]
+    fn a_query_in_flight_is_small() {
+        let conn = Pool::new().get(&RedisTarget::new("redis://redis:6379/0", None));
+        let pipe = redis::pipe();
+        let query = std::mem::size_of_val(&conn.query(&pipe));
+        eprintln!("query {query} B");
+        // 2,400 bytes with the dial inline.
+        assert!(query <= 768, "query: {query} bytes");
+    }
 
     #[test]
     fn redial_waits_double_up_to_ten_seconds() {
