@@ -54,7 +54,7 @@ pub fn lean_stack(s: &mut kube::core::DeserializeGuard<crate::api::AppStack>) {
     }
 }
 
-/// [`lean`], and the spec dropped: Jobs, of which the Backup and Certificate controllers read
+/// [`lean`], and the spec dropped: Jobs, of which the Backup controller reads
 /// only metadata (name, labels, creation time) and status.
 pub fn lean_job(j: &mut Job) {
     lean(j);

@@ -112,7 +112,7 @@ pub struct Context {
     pub jobs: JobSettings,
     /// The renewal Jobs as their watch last saw them; `None` (no watch running): a Job is
     /// created and a conflict means it exists.
-    pub job_cache: Option<Store<Job>>,
+    pub job_cache: Option<Store<PartialObjectMeta<Job>>>,
     /// The labelled TLS Secrets' metadata (no data) as their watch last saw them; `None` (no
     /// watch running): the Secret is read on every reconcile.
     pub secret_cache: Option<Store<PartialObjectMeta<Secret>>>,
@@ -297,7 +297,7 @@ pub async fn run_shared(
         Api<DeserializeGuard<Certificate>>,
         Api<PartialObjectMeta<Secret>>,
         Api<CronJob>,
-        Api<Job>,
+        Api<PartialObjectMeta<Job>>,
     ) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -343,10 +343,11 @@ pub async fn run_shared(
             // Deletions too: a deleted TLS Secret is issued again at once.
             .touched_objects()
     });
+    // Only whether a Job exists is read: its metadata is watched, not the whole Job (a pending
+    // Job cached without its spec still took 2.6 kB, the size of the type, and its status).
     let job_events = watcher(jobs, labelled.clone())
         .default_backoff()
-        // Only whether a Job exists is read: kept without its spec.
-        .modify(crate::controller::trim::lean_job)
+        .modify(crate::controller::trim::lean::<PartialObjectMeta<Job>>)
         .reflect(job_writer)
         .applied_objects();
     let by_label = |o: &dyn Fn() -> (Option<String>, Option<String>)| {
@@ -382,7 +383,7 @@ pub async fn run_shared(
         });
     }
     controller
-        .watches_stream(job_events, move |j: Job| {
+        .watches_stream(job_events, move |j: PartialObjectMeta<Job>| {
             by_label(&|| (j.labels().get(CERT_LABEL).cloned(), j.namespace()))
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
