@@ -26,14 +26,14 @@ use super::child::{Child, Kept};
 #[derive(Debug)]
 pub struct Record<K: Kept> {
     pub name: Box<str>,
-    pub uid: Option<Box<str>>,
+    pub uid: Option<Uid>,
     pub generation: Option<i64>,
     /// The uid of the controller ownerReference.
-    pub owner: Option<Box<str>>,
+    pub owner: Option<Uid>,
     /// The `berth.dev/stack` label.
     pub stack: Option<Box<str>>,
     /// [`super::child::digest`] of the full object.
-    pub digest: Box<str>,
+    pub digest: Digest,
     /// `spec.replicas` (Deployments).
     pub replicas: Option<i32>,
     pub status: Option<K::Status>,
@@ -44,16 +44,16 @@ impl<K: Kept> Record<K> {
         let m = &c.metadata;
         Record {
             name: m.name.as_deref().unwrap_or_default().into(),
-            uid: m.uid.as_deref().map(Into::into),
+            uid: m.uid.as_deref().map(Uid::new),
             generation: m.generation,
             owner: m
                 .owner_references
                 .iter()
                 .flatten()
                 .find(|r| r.controller == Some(true))
-                .map(|r| r.uid.as_str().into()),
+                .map(|r| Uid::new(&r.uid)),
             stack: c.stack.as_deref().map(Into::into),
-            digest: c.digest.as_str().into(),
+            digest: Digest::of(&c.digest),
             replicas: c.replicas,
             status: c.status.clone(),
         }
@@ -62,6 +62,101 @@ impl<K: Kept> Record<K> {
     /// The record of a full object (an apply's response).
     pub fn of_object(obj: K) -> Record<K> {
         Record::of(&Child::of(obj))
+    }
+}
+
+/// A uid as the API server writes them (a lowercase UUID), kept as its 128 bits instead of a
+/// 36-byte string on the heap (two per record: the child's and its owner's); any other
+/// string as it is. Displays as the string it was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uid {
+    Uuid(u64, u64),
+    Other(Box<str>),
+}
+
+impl Uid {
+    pub fn new(s: &str) -> Uid {
+        match uuid(s) {
+            Some(n) => Uid::Uuid((n >> 64) as u64, n as u64),
+            None => Uid::Other(s.into()),
+        }
+    }
+
+    /// Whether this is the uid written `s` (the same string).
+    pub fn is(&self, s: &str) -> bool {
+        match self {
+            Uid::Uuid(hi, lo) => uuid(s) == Some(u128::from(*hi) << 64 | u128::from(*lo)),
+            Uid::Other(o) => **o == *s,
+        }
+    }
+}
+
+/// The 128 bits of a UUID in its canonical lowercase form (`8-4-4-4-12` hex digits); `None`
+/// for any other string, so that [`Uid`] gives back exactly the string it was made from.
+fn uuid(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        n = n << 4 | u128::from(d);
+    }
+    Some(n)
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uid::Uuid(hi, lo) => write!(
+                f,
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                hi >> 32,
+                (hi >> 16) & 0xffff,
+                hi & 0xffff,
+                lo >> 48,
+                lo & 0xffff_ffff_ffff
+            ),
+            Uid::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A child's digest ([`super::child::digest`], 16 lowercase hex digits) as the 64-bit number
+/// it writes, instead of a string on the heap; anything else (the empty digest of an object
+/// that did not serialize) is `None` and displays as the empty string, which matches nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest(Option<u64>);
+
+impl Digest {
+    pub fn of(hex: &str) -> Digest {
+        let canonical =
+            hex.len() == 16 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        Digest(if canonical {
+            u64::from_str_radix(hex, 16).ok()
+        } else {
+            None
+        })
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n:016x}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -272,19 +367,65 @@ mod tests {
         let c = child::<Deployment>("Deployment", "shop", "api", "5");
         let r = Record::of(&c);
         assert_eq!(&*r.name, "api");
-        assert_eq!(r.uid.as_deref(), Some("uid-api"));
-        assert_eq!(r.generation, Some(2));
         assert_eq!(
-            r.owner.as_deref(),
-            Some("s1"),
+            r.uid.as_ref().map(ToString::to_string).as_deref(),
+            Some("uid-api")
+        );
+        assert_eq!(r.generation, Some(2));
+        assert!(
+            r.owner.as_ref().is_some_and(|o| o.is("s1")),
             "the controller owner, not the first"
         );
         assert_eq!(r.stack.as_deref(), Some("shop"));
-        assert_eq!(r.digest, c.digest.clone().into_boxed_str());
+        assert_eq!(r.digest.to_string(), c.digest);
         assert_eq!(r.replicas, Some(3));
         let st = r.status.unwrap();
         assert_eq!((st.ready_replicas, st.observed_generation), (1, Some(2)));
         assert_eq!(st.stuck.as_deref(), Some("too slow"));
+    }
+
+    /// Uids and digests are kept as numbers where they are in the form the API server and
+    /// berth write them, and give back exactly the string they were made from.
+    #[test]
+    fn uids_and_digests_are_kept_as_numbers_and_give_back_their_string() {
+        let u = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let uid = Uid::new(u);
+        assert!(matches!(uid, Uid::Uuid(..)));
+        assert_eq!(uid.to_string(), u);
+        assert!(uid.is(u));
+        assert!(!uid.is(&u.to_uppercase()), "another string, another uid");
+        assert!(!uid.is("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"));
+        for other in [
+            "s1",
+            "0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0",
+            "0f1e2d3c+4b5a-6978-8796-a5b4c3d2e1f0",
+            "",
+        ] {
+            let uid = Uid::new(other);
+            assert!(matches!(uid, Uid::Other(_)), "{other}");
+            assert_eq!(uid.to_string(), other);
+            assert!(uid.is(other) && !uid.is(u));
+        }
+        assert_eq!(
+            Digest::of("00ff00ff00ff00ff").to_string(),
+            "00ff00ff00ff00ff"
+        );
+        assert_eq!(
+            Digest::of("00ff00ff00ff00ff"),
+            Digest::of("00ff00ff00ff00ff")
+        );
+        assert_ne!(
+            Digest::of("00ff00ff00ff00ff"),
+            Digest::of("00ff00ff00ff00fe")
+        );
+        for other in [
+            "",
+            "00FF00FF00FF00FF",
+            "+0ff00ff00ff00ff",
+            "00ff00ff00ff00ff0",
+        ] {
+            assert_eq!(Digest::of(other).to_string(), "", "{other}");
+        }
     }
 
     #[test]
@@ -299,10 +440,13 @@ mod tests {
 
         // Replaced, not added.
         let mut changed = child::<Service>("Service", "a", "api", "4");
-        changed.digest = "changed".into();
+        changed.digest = "00000000000000c4".into();
         cache.apply_watcher_event(&watcher::Event::Apply(changed));
         assert_eq!(cache.len(), 3);
-        assert_eq!(&*cache.get("a", "api").unwrap().digest, "changed");
+        assert_eq!(
+            cache.get("a", "api").unwrap().digest.to_string(),
+            "00000000000000c4"
+        );
 
         cache.apply_watcher_event(&watcher::Event::Delete(child("Service", "a", "api", "5")));
         assert!(cache.get("a", "api").is_none());

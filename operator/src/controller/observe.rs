@@ -42,13 +42,16 @@ pub trait ChildCache {
 impl<K: Kept> ChildCache for Cache<K> {
     const TRIMMED: bool = true;
     fn seen(&self, ns: &str, name: &str) -> Option<Seen> {
-        self.get(ns, name).map(|r| Seen::Digest(r.digest.clone()))
+        self.get(ns, name)
+            .map(|r| Seen::Digest(r.digest.to_string().into()))
     }
     fn owned(&self, ns: &str, stack: &str, owner: &str) -> Vec<(String, Option<String>)> {
         self.in_namespace(ns)
             .iter()
-            .filter(|r| r.stack.as_deref() == Some(stack) && r.owner.as_deref() == Some(owner))
-            .map(|r| (r.name.to_string(), r.uid.as_deref().map(String::from)))
+            .filter(|r| {
+                r.stack.as_deref() == Some(stack) && r.owner.as_ref().is_some_and(|o| o.is(owner))
+            })
+            .map(|r| (r.name.to_string(), r.uid.as_ref().map(ToString::to_string)))
             .collect()
     }
 }

@@ -128,7 +128,8 @@ where
     let hash = diff::stamp(&mut desired);
     let key = Verified::key(&K::kind(&()), ns, name);
     if let Some(c) = cache.get(ns, name) {
-        if is_current(api, name, verified, &key, &c.digest, &desired, &hash).await? {
+        let seen = c.digest.to_string();
+        if is_current(api, name, verified, &key, &seen, &desired, &hash).await? {
             return Ok(Applied::Current(c));
         }
     }
