@@ -78,9 +78,11 @@ bench-k8s:
 .PHONY: bench-backup
 
 ## Throughput of `berth backup run` on ~1 GB next to `pg_dump | zstd`, and berth's peak memory
-## (BENCH_ROWS=... to scale; needs postgresql, zstd and GNU time).
+## (BENCH_ROWS=... to scale; needs postgresql, zstd and GNU time). BACKUP_PROFILE=dist measures
+## the image's build (backup Jobs run it; a longer build).
+BACKUP_PROFILE ?= bench
 bench-backup:
-	$(CARGO) bench -p berth --bench backup_throughput
+	$(CARGO) bench --profile $(BACKUP_PROFILE) -p berth --bench backup_throughput
 ## The Docker host demo: examples/demo/ on the local engine (README's first command).
 ## `make demo` builds berth and the demo images when missing, starts `berth host run` in the
 ## background (state, log and pid in .berth-demo/), waits until the stack is Ready, and prints
