@@ -134,7 +134,7 @@ bench-cert:
 	$(CARGO) test -p berth --test cert_docker_host -- --nocapture 2>&1 | grep figure:
 
 ## The berth image (operator/Dockerfile): a build of berth with the `dist` profile (release with
-## LTO, see Cargo.toml), stripped, copied onto a base
+## LTO, optimized for size, see Cargo.toml), stripped, copied onto a base
 ## with glibc, libgcc and CA certificates, tagged berth:<version> and berth:dev. Offline by
 ## default: the base berth-base:bookworm is made from this host's Debian packages
 ## (tests/images/build.sh berth-base, `docker import`); BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
