@@ -144,7 +144,7 @@ fn main() {
         })
         .collect();
     // As kept before (whole k8s-openapi objects), then as the operator keeps them now
-    // (compact records, controller::cache).
+    // (compact records, controller::cache; generated berth kinds without their labels).
     for (compact, label) in [(false, "whole children  "), (true, "compact children")] {
         let (bytes, children) = fill(&inputs, compact);
         println!(
@@ -153,6 +153,47 @@ fn main() {
             bytes / 1024.0 / STACKS as f64
         );
     }
+    kinds(&inputs);
+}
+
+/// What one object of each berth kind an AppStack generates costs in its store: whole, and
+/// as the operator caches it (`trim::lean_generated`: labels replaced by their digest).
+fn kinds(inputs: &[(AppStack, Vec<Value>)]) {
+    use kube::runtime::reflector::store;
+    fn per_object<K>(values: &[Value], prepare: fn(&mut DeserializeGuard<K>)) -> f64
+    where
+        K: DeserializeOwned + kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let before = LIVE.load(Ordering::Relaxed);
+        let (s, mut w) = store::<DeserializeGuard<K>>();
+        for v in values {
+            let mut o = DeserializeGuard(Ok(serde_json::from_value(v.clone()).unwrap()));
+            prepare(&mut o);
+            w.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        let after = LIVE.load(Ordering::Relaxed);
+        black_box(&s);
+        (after - before) as f64 / values.len() as f64
+    }
+    fn row<K>(inputs: &[(AppStack, Vec<Value>)])
+    where
+        K: DeserializeOwned + serde::Serialize + kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let kind = K::kind(&());
+        let values: Vec<Value> = inputs
+            .iter()
+            .flat_map(|(_, vs)| vs.iter().filter(|v| v["kind"] == *kind).cloned())
+            .collect();
+        let whole = per_object::<K>(&values, |_| {});
+        let cached = per_object::<K>(&values, controller::trim::lean_generated::<K>);
+        println!(
+            "  a generated {kind:<12} in its store: whole {whole:>5.0} B, as cached {cached:>5.0} B ({} objects)",
+            values.len()
+        );
+    }
+    row::<berth::api::Worker>(inputs);
+    row::<berth::api::Certificate>(inputs);
+    row::<berth::api::Backup>(inputs);
 }
 
 /// A watch event of a whole child.
@@ -165,8 +206,17 @@ fn child<K: Kept>(v: Value) -> watcher::Event<Child<K>> {
     watcher::Event::Apply(serde_json::from_value(v).unwrap())
 }
 
-fn guarded<K: DeserializeOwned>(v: Value) -> watcher::Event<DeserializeGuard<K>> {
-    watcher::Event::Apply(DeserializeGuard(Ok(serde_json::from_value(v).unwrap())))
+/// A watch event of a generated Worker, Certificate or Backup; as the operator caches it
+/// (labels replaced by their digest) when `compact`.
+fn guarded<K>(v: Value, compact: bool) -> watcher::Event<DeserializeGuard<K>>
+where
+    K: DeserializeOwned + serde::Serialize + kube::Resource,
+{
+    let mut o = DeserializeGuard(Ok(serde_json::from_value(v).unwrap()));
+    if compact {
+        controller::trim::lean_generated(&mut o);
+    }
+    watcher::Event::Apply(o)
 }
 
 /// Fills fresh stores with the stacks and their children (as compact records when
@@ -201,9 +251,9 @@ fn fill(inputs: &[(AppStack, Vec<Value>)], compact: bool) -> (f64, usize) {
                 ("Service", false) => sv.apply_watcher_event(&whole(v)),
                 ("Ingress", false) => ing.apply_watcher_event(&whole(v)),
                 ("NetworkPolicy", false) => np.apply_watcher_event(&whole(v)),
-                ("Worker", _) => w.workers.apply_watcher_event(&guarded(v)),
-                ("Certificate", _) => w.certificates.apply_watcher_event(&guarded(v)),
-                ("Backup", _) => w.backups.apply_watcher_event(&guarded(v)),
+                ("Worker", _) => w.workers.apply_watcher_event(&guarded(v, compact)),
+                ("Certificate", _) => w.certificates.apply_watcher_event(&guarded(v, compact)),
+                ("Backup", _) => w.backups.apply_watcher_event(&guarded(v, compact)),
                 (other, _) => panic!("unexpected kind {other}"),
             }
         }

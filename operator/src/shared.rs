@@ -8,6 +8,7 @@ use kube::{Api, Client};
 
 use crate::api::Certificate;
 use crate::controller::synced::{watch_config, MainWatch};
+use crate::controller::trim::lean_generated;
 use crate::controller::{SharedCache, SharedCaches};
 
 /// What each controller of one process gets (pass each part to its `run_shared`).
@@ -35,10 +36,12 @@ impl SharedWatches {
         }
         let config = || watch_config().any_semantic();
         let stacks = MainWatch::new(api(client, namespace), config());
-        let workers = MainWatch::new(api(client, namespace), config());
-        let backups = MainWatch::new(api(client, namespace), config());
-        let certificates =
-            certificate_controller.then(|| MainWatch::new(api(client, namespace), config()));
+        // The kinds an AppStack generates, cached with the digest of their labels
+        // (`trim::lean_generated`).
+        let workers = MainWatch::new(api(client, namespace), config()).prepared_by(lean_generated);
+        let backups = MainWatch::new(api(client, namespace), config()).prepared_by(lean_generated);
+        let certificates = certificate_controller
+            .then(|| MainWatch::new(api(client, namespace), config()).prepared_by(lean_generated));
         // Every subscription before any watch runs.
         let for_workers = SharedCache::of(&stacks);
         let stack_store = stacks.store();

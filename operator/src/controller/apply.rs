@@ -89,10 +89,8 @@ where
             )
             .await
             .map_err(failed)?;
-        if C::TRIMMED {
-            // What the server now holds contains `value`: its digest needs no read later.
-            ctx.verified.record(key, child::digest(&applied), hash);
-        }
+        // What the server now holds contains `value`: its digest needs no read later.
+        ctx.verified.record(key, child::digest(&applied), hash);
         changes.applied.push(format!("{kind} {name}"));
     }
     Ok(())

@@ -15,7 +15,6 @@ use crate::plan::{Component, StackPlan};
 use super::cache::{Cache, Record};
 use super::child::{DeploymentRead, Kept, StatefulSetRead};
 use super::Stores;
-use crate::k8s::meta::STACK_LABEL;
 use crate::plan::names;
 use crate::plan::worker::initial_replicas;
 use crate::status::{Facts, DEGRADED, READY};
@@ -30,8 +29,6 @@ pub enum Seen {
 
 /// A cache of one child kind, as the AppStack controller applies and prunes against it.
 pub trait ChildCache {
-    /// The cache keeps only a digest of each object ([`Cache`]).
-    const TRIMMED: bool;
     /// `None`: not cached, or nothing usable (an object that does not match its schema).
     fn seen(&self, ns: &str, name: &str) -> Option<Seen>;
     /// Name and uid of each object in `ns` labelled as `stack`'s whose controller owner has
@@ -40,7 +37,6 @@ pub trait ChildCache {
 }
 
 impl<K: Kept> ChildCache for Cache<K> {
-    const TRIMMED: bool = true;
     fn seen(&self, ns: &str, name: &str) -> Option<Seen> {
         self.get(ns, name)
             .map(|r| Seen::Digest(r.digest.to_string().into()))
@@ -60,21 +56,21 @@ impl<K> ChildCache for Store<DeserializeGuard<K>>
 where
     K: Serialize + Resource<DynamicType = ()> + Clone,
 {
-    const TRIMMED: bool = false;
     fn seen(&self, ns: &str, name: &str) -> Option<Seen> {
         // An object that does not parse is never up to date: applying repairs it.
-        get(self, ns, name).and_then(|o| {
-            o.0.as_ref()
-                .ok()
-                .and_then(|k| serde_json::to_value(k).ok())
-                .map(Seen::Whole)
-        })
+        let o = get(self, ns, name)?;
+        let k = o.0.as_ref().ok()?;
+        // Cached by its digest (`trim::lean_generated`), else whole.
+        match super::trim::cached_digest(k) {
+            Some(d) => Some(Seen::Digest(d.into())),
+            None => serde_json::to_value(k).ok().map(Seen::Whole),
+        }
     }
     fn owned(&self, ns: &str, stack: &str, owner: &str) -> Vec<(String, Option<String>)> {
         self.state()
             .iter()
             .filter(|o| o.namespace().as_deref() == Some(ns))
-            .filter(|o| o.labels().get(STACK_LABEL).map(String::as_str) == Some(stack))
+            .filter(|o| super::trim::stack_of(&***o) == Some(stack))
             .filter(|o| {
                 o.owner_references()
                     .iter()

@@ -95,6 +95,7 @@ where
     reader: kube::runtime::reflector::Store<K>,
     writer: kube::runtime::reflector::store::Writer<K>,
     feed: Feed<K>,
+    prepare: fn(&mut K),
 }
 
 impl<K> MainWatch<K>
@@ -115,7 +116,16 @@ where
             reader,
             writer,
             feed: Feed::default(),
+            prepare: super::trim::lean::<K>,
         }
+    }
+
+    /// What each object becomes before the cache instead of [`super::trim::lean`] (which
+    /// `prepare` should include): [`super::trim::lean_generated`] for the kinds an AppStack
+    /// generates.
+    pub fn prepared_by(mut self, prepare: fn(&mut K)) -> Self {
+        self.prepare = prepare;
+        self
     }
 
     /// The shared cache (filled once the owning controller runs [`Self::into_stream`]).
@@ -149,10 +159,11 @@ where
             reader,
             writer,
             feed,
+            prepare,
         } = self;
         let cache = reader.clone();
         let stream = kube::runtime::watcher(api, config)
-            .modify(super::trim::lean::<K>)
+            .modify(prepare)
             .reflect(writer)
             .inspect(move |e| {
                 match e {

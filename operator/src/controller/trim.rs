@@ -13,12 +13,13 @@
 //! Any change by anyone changes the digest, so drift is still seen; an unchanged child costs
 //! no request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use std::fmt::Debug;
 
 use k8s_openapi::api::batch::v1::Job;
+use kube::core::DeserializeGuard;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +28,7 @@ use serde_json::Value;
 use super::cache::{Cache, Record};
 use super::child::{digest, digest_value, Kept};
 use super::diff;
+use crate::k8s::meta::STACK_LABEL;
 
 /// kubectl's client-side apply record: the whole object again, as a string.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -51,6 +53,72 @@ pub fn lean_stack(s: &mut kube::core::DeserializeGuard<crate::api::AppStack>) {
     lean(s);
     if let Ok(stack) = &mut s.0 {
         stack.status = None;
+    }
+}
+
+/// The annotation a generated Worker, Certificate or Backup is cached with instead of its
+/// labels ([`lean_generated`]): `<digest>/<stack>`.
+pub const CACHED_ANNOTATION: &str = "berth.dev/cached";
+
+/// [`lean`], and for a Worker, Certificate or Backup an AppStack generated (labelled with its
+/// stack), the labels dropped and one annotation added in their place ([`CACHED_ANNOTATION`]):
+/// the digest of the object as served ([`digest`]: name, labels, annotations, owner
+/// references, spec) and the stack's name.
+///
+/// berth's controllers read no label of these objects but the stack's (which stack owns
+/// it); the AppStack controller compares the object with what it would apply by this digest,
+/// as it does its other children ([`is_current`]), not by the labels themselves. The labels
+/// were about a quarter of each object's memory (eight labels in their own map: 0.8 of
+/// 3.6 KB for a Worker; `make bench-plan`). An object that is not an AppStack's, or does not
+/// parse, is only made [`lean`].
+pub fn lean_generated<K>(o: &mut DeserializeGuard<K>)
+where
+    K: Resource + Serialize,
+{
+    let generated = o.0.as_ref().ok().filter(|k| {
+        k.meta()
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(STACK_LABEL))
+    });
+    // The digest of the object as the API server sent it, as for children and the
+    // responses to berth's own applies (`apply`), which it is compared with.
+    let digest = generated.map(digest).filter(|d| !d.is_empty());
+    lean(o);
+    let (Some(digest), Ok(k)) = (digest, o.0.as_mut()) else {
+        return;
+    };
+    let meta = k.meta_mut();
+    let stack = meta
+        .labels
+        .take()
+        .and_then(|mut l| l.remove(STACK_LABEL))
+        .unwrap_or_default();
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CACHED_ANNOTATION.to_string(), format!("{digest}/{stack}"));
+}
+
+/// The digest and stack a generated object was cached with ([`lean_generated`]).
+fn cached<K: Resource>(k: &K) -> Option<(&str, &str)> {
+    k.meta()
+        .annotations
+        .as_ref()?
+        .get(CACHED_ANNOTATION)?
+        .split_once('/')
+}
+
+/// The digest a generated object was cached with ([`lean_generated`]).
+pub fn cached_digest<K: Resource>(k: &K) -> Option<&str> {
+    cached(k).map(|(digest, _)| digest)
+}
+
+/// The stack an object is labelled with ([`STACK_LABEL`]), also when it was cached without
+/// its labels ([`lean_generated`]).
+pub fn stack_of<K: Resource>(k: &K) -> Option<&str> {
+    match k.meta().labels.as_ref().and_then(|l| l.get(STACK_LABEL)) {
+        Some(s) => Some(s),
+        None => cached(k).map(|(_, stack)| stack),
     }
 }
 
@@ -293,6 +361,64 @@ mod tests {
         bare.metadata.annotations = Some([(LAST_APPLIED.to_string(), "x".to_string())].into());
         lean(&mut bare);
         assert!(bare.metadata.annotations.is_none());
+    }
+
+    fn worker(labels: serde_json::Value) -> DeserializeGuard<crate::api::Worker> {
+        DeserializeGuard(Ok(serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Worker",
+            "metadata": {
+                "name": "shop-jobs", "namespace": "shop", "uid": "u2", "resourceVersion": "8",
+                "labels": labels,
+                "annotations": {"berth.dev/applied-hash": "abc", "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                "managedFields": [{"manager": "berth"}],
+                "ownerReferences": [{"apiVersion": "berth.dev/v1alpha1", "kind": "AppStack", "name": "shop", "uid": "s1", "controller": true}]
+            },
+            "spec": {"image": "jobs:1", "appStackRef": "shop", "queue": {"type": "bullmq", "name": "q"}},
+            "status": {"replicas": 1}
+        }))
+        .unwrap()))
+    }
+
+    #[test]
+    fn generated_kinds_are_cached_without_labels_with_the_digest_of_the_object_as_served() {
+        let labels = json!({
+            "berth.dev/stack": "shop", "app.kubernetes.io/part-of": "berth",
+            "app.kubernetes.io/managed-by": "berth", "berth.dev/component": "shop-jobs"
+        });
+        let served = worker(labels.clone());
+        let as_served = digest(served.0.as_ref().unwrap());
+        let mut w = worker(labels);
+        lean_generated(&mut w);
+        let k = w.0.as_ref().unwrap();
+        assert_eq!(k.metadata.labels, None);
+        assert_eq!(cached_digest(k), Some(as_served.as_str()));
+        assert_eq!(stack_of(k), Some("shop"));
+        // Made lean too; the other annotations and the rest are kept.
+        assert!(k.metadata.managed_fields.is_none());
+        let a = k.metadata.annotations.as_ref().unwrap();
+        assert!(!a.contains_key(LAST_APPLIED));
+        assert_eq!(a["berth.dev/applied-hash"], "abc");
+        assert_eq!(k.spec.image, "jobs:1");
+        assert!(k.status.is_some());
+        // Any label changes the digest.
+        let mut other = worker(json!({"berth.dev/stack": "shop"}));
+        lean_generated(&mut other);
+        assert_ne!(
+            cached_digest(other.0.as_ref().unwrap()),
+            Some(as_served.as_str())
+        );
+
+        // A Worker no AppStack generated keeps its labels (only made lean).
+        let mut own = worker(json!({"team": "video"}));
+        lean_generated(&mut own);
+        let k = own.0.as_ref().unwrap();
+        assert_eq!(k.metadata.labels.as_ref().unwrap()["team"], "video");
+        assert_eq!((cached_digest(k), stack_of(k)), (None, None));
+        assert!(k.metadata.managed_fields.is_none());
+        // Labelled with a stack and not cached by digest: the label tells.
+        let mut d = deployment(2);
+        lean(&mut d);
+        assert_eq!(stack_of(&d), Some("shop"));
     }
 
     #[test]

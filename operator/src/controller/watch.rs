@@ -231,13 +231,13 @@ pub async fn run_shared(
                     scoped::<DeserializeGuard<Worker>>(c, ns),
                     children.clone(),
                     w.workers,
-                    trim::lean,
+                    trim::lean_generated,
                 ))
                 .owns_stream(reflect(
                     scoped::<DeserializeGuard<Backup>>(c, ns),
                     children,
                     w.backups,
-                    trim::lean,
+                    trim::lean_generated,
                 )),
             None,
         ),
@@ -254,7 +254,7 @@ pub async fn run_shared(
                 scoped::<DeserializeGuard<Certificate>>(c, ns),
                 crate::controller::synced::watch_config().any_semantic(),
                 w.certificates,
-                trim::lean,
+                trim::lean_generated,
             ),
             move |cert| stacks_for_certificate(&stacks, &cert),
         ),
@@ -342,6 +342,12 @@ async fn forget_deleted_children(ctx: Arc<Context>, shutdown: CancellationToken)
                 "Service" => s.services.get(ns, name).is_some(),
                 "Ingress" => s.ingresses.get(ns, name).is_some(),
                 "NetworkPolicy" => s.network_policies.get(ns, name).is_some(),
+                "Worker" => s.workers.get(&ObjectRef::new(name).within(ns)).is_some(),
+                "Certificate" => s
+                    .certificates
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some(),
+                "Backup" => s.backups.get(&ObjectRef::new(name).within(ns)).is_some(),
                 _ => false,
             }
         });

@@ -153,7 +153,8 @@ pub async fn run_shared(
                 MainWatch::new(
                     workers,
                     crate::controller::synced::watch_config().any_semantic(),
-                ),
+                )
+                .prepared_by(crate::controller::trim::lean_generated),
                 stacks.store,
                 stacks.changes,
             )

@@ -234,7 +234,8 @@ async fn run_inner(
                 crate::controller::synced::MainWatch::new(
                     backups,
                     crate::controller::synced::watch_config().any_semantic(),
-                ),
+                )
+                .prepared_by(crate::controller::trim::lean_generated),
                 stacks.store,
                 Some(tokio::spawn(drive)),
             )

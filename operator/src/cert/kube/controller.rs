@@ -360,6 +360,7 @@ pub async fn run_shared(
             certs,
             crate::controller::synced::watch_config().any_semantic(),
         )
+        .prepared_by(crate::controller::trim::lean_generated)
     });
     let (trigger, reader) = watch.into_stream(crate::controller::synced::Synced::default());
     // What is remembered of deleted Certificates' Secrets is forgotten.
