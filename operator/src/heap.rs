@@ -5,9 +5,16 @@
 //! The `berth` binary installs [`Counting`] as its global allocator; in a process that does not
 //! (the library's tests), both figures stay 0 and are not registered.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+
+/// What [`Counting`] forwards to: jemalloc (the `jemalloc` feature, on by default), else the
+/// system allocator.
+#[cfg(not(feature = "jemalloc"))]
+use std::alloc::System as Inner;
+#[cfg(feature = "jemalloc")]
+use tikv_jemallocator::Jemalloc as Inner;
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -16,7 +23,8 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static GAUGES: OnceLock<(Gauge<i64, AtomicI64>, Gauge<i64, AtomicI64>)> = OnceLock::new();
 
-/// The system allocator, counting live bytes and their peak (two atomic operations per call).
+/// The allocator (jemalloc, or the system's), counting live bytes and their peak (two atomic
+/// operations per call).
 pub struct Counting;
 
 fn added(size: usize) {
@@ -24,10 +32,10 @@ fn added(size: usize) {
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated.
+// SAFETY: every call is forwarded to the allocator unchanged; only counters are updated.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { Inner.alloc(layout) };
         if !p.is_null() {
             added(layout.size());
         }
@@ -35,7 +43,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { Inner.alloc_zeroed(layout) };
         if !p.is_null() {
             added(layout.size());
         }
@@ -43,12 +51,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { Inner.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { Inner.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             added(new_size);
@@ -97,6 +105,8 @@ pub fn publish() {
 /// left two arenas of about 34 MiB resident each for 42 MB of live heap. One arena: 89.1 MiB
 /// peak RSS instead of 96.8 MiB (`make bench-k8s`, docs/performance.md). Allocation is not
 /// where berth spends its time, so the lock all threads then share costs nothing measurable.
+/// With jemalloc (the default), Rust's allocations go there and get one arena the same way
+/// (`narenas:1`, main.rs); this still holds for what C libraries allocate with malloc.
 ///
 /// Call first thing in `main`, before any other thread starts.
 pub fn single_arena() {
