@@ -554,8 +554,7 @@ mod tests {
                 at += Duration::from_secs(gap);
                 let keep = p.longest_window();
                 all.retain(|(t, _)| at.saturating_duration_since(*t) <= keep);
-                let mut naive = History::default();
-                naive.entries = all.iter().copied().collect();
+                let naive = History { entries: all.iter().copied().collect() };
                 let da = step(Observation::Depth(depth), a, &p, &mut runs, at);
                 let db = decide(Observation::Depth(depth), b, &p, &naive, at);
                 prop_assert_eq!(da, db);
