@@ -75,6 +75,14 @@ impl Server {
         })
     }
 
+    /// Someone else's change to the object held at `path`; the object as it now is.
+    fn edit(&self, path: &str, f: &dyn Fn(&mut Value)) -> Value {
+        let mut objects = self.objects.lock().unwrap();
+        let o = objects.get_mut(path).unwrap();
+        f(o);
+        o.clone()
+    }
+
     fn respond(&self, r: &Recorded) -> (u16, Value) {
         let path = r.path();
         let last = path.rsplit('/').next().unwrap_or_default().to_string();
@@ -490,10 +498,7 @@ async fn drift_behind_a_trimmed_cache_is_read_once_and_corrected() {
     let (stack, _) = created(&mut h).await;
     let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/shop-api");
     let edit = |h: &mut Harness, f: &dyn Fn(&mut Value)| {
-        let mut objects = server.objects.lock().unwrap();
-        let o = objects.get_mut(&path).unwrap();
-        f(o);
-        let mut o = o.clone();
+        let mut o = server.edit(&path, f);
         o["metadata"]["uid"] = json!("d");
         h.writers
             .deployments
@@ -547,10 +552,7 @@ async fn drift_of_a_generated_workers_labels_is_read_once_and_corrected() {
         .unwrap();
     assert_eq!((digest.len(), owner), (16, "shop"));
     let edit = |h: &mut Harness, f: &dyn Fn(&mut Value)| {
-        let mut objects = server.objects.lock().unwrap();
-        let o = objects.get_mut(&path).unwrap();
-        f(o);
-        let mut o = served(o.clone());
+        let mut o = served(server.edit(&path, f));
         o["metadata"]["uid"] = json!("w");
         let mut g = DeserializeGuard::<Worker>(Ok(serde_json::from_value(o).unwrap()));
         controller::trim::lean_generated(&mut g);
