@@ -156,3 +156,32 @@ fn serves_health_and_metrics_and_stops_on_sigterm() {
         "{lines:?}"
     );
 }
+
+/// The settings the binary gives jemalloc (main.rs `MALLOC_CONF`) are the ones it runs with:
+/// one arena, no per-thread caches, freed pages handed back after about a second. jemalloc
+/// prints its options at exit when asked to in the environment.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn the_allocator_runs_with_one_arena_no_thread_caches_and_a_short_decay() {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--version")
+        .env(
+            "_RJEM_MALLOC_CONF",
+            "stats_print:true,stats_print_opts:mdablxe",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 1\n",
+        "opt.tcache: false\n",
+        "opt.dirty_decay_ms: 1000 ",
+    ] {
+        assert!(
+            stats.contains(option),
+            "jemalloc does not run with `{}`:\n{stats}",
+            option.trim()
+        );
+    }
+}
